@@ -1,0 +1,83 @@
+"""The pack-time check: run the packed model on its examples and compare with their output."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ersilia_pack.runtime.bundle import ApiDefinition, load_bundle
+from ersilia_pack.runtime.columns import convert_value
+from ersilia_pack.runtime.service import ModelService, PredictionError
+from ersilia_pack.runtime.settings import ServeSettings
+
+RELATIVE_TOLERANCE = 1e-4
+MAX_REPORTED = 10
+
+
+@dataclass
+class CheckReport:
+    """What the example check found, per API."""
+
+    checked: list[str] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences and not self.failures
+
+
+def same_value(expected: Any, actual: Any) -> bool:
+    """Equal, or numbers within a relative 1e-4 (nulls equal nulls)."""
+    if expected is None or actual is None:
+        return expected is None and actual is None
+    if isinstance(expected, (int, float)) and isinstance(actual, (int, float)):
+        return math.isclose(expected, actual, rel_tol=RELATIVE_TOLERANCE, abs_tol=1e-12)
+    return bool(expected == actual)
+
+
+def compare(api: ApiDefinition, rows: list[list[Any] | None]) -> list[str]:
+    """Differences between typed rows and the API's example output, one line each."""
+    differences: list[str] = []
+    for number, (expected_raw, actual) in enumerate(zip(api.example_output, rows), start=1):
+        for position, column in enumerate(api.columns):
+            raw = expected_raw[position] if position < len(expected_raw) else ""
+            expected = convert_value(raw, column.type)
+            value = actual[position] if actual is not None and position < len(actual) else None
+            if not same_value(expected, value):
+                differences.append(
+                    f"{api.name}: row {number}, column {column.name!r} is "
+                    f"{value!r}; the example output says {raw!r}"
+                )
+    return differences
+
+
+async def _check(bundle_dir: Path, settings: ServeSettings) -> CheckReport:
+    bundle = load_bundle(bundle_dir)
+    report = CheckReport()
+    service = ModelService(bundle, settings)
+    await service.start()
+    try:
+        for api in bundle.manifest.apis:
+            if not api.example_input:
+                continue
+            try:
+                prediction = await service.predict(api.name, api.example_input)
+            except PredictionError as error:
+                report.failures.append(f"{api.name}: the example input failed: {error.detail}")
+                continue
+            report.checked.append(api.name)
+            if api.example_output:
+                report.differences.extend(compare(api, prediction.rows))
+    finally:
+        await service.stop()
+    return report
+
+
+def check_examples(bundle_dir: Path, *, timeout: float = 600.0) -> CheckReport:
+    """Run every API of a bundle on its example input and compare with its example output."""
+    settings = ServeSettings(workers=1, timeout=timeout, cold=True)
+    return asyncio.run(_check(bundle_dir, settings))

@@ -1,0 +1,377 @@
+"""Command-line entry points: parse arguments, call the core, print, map errors to exit codes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ersilia_pack import __version__
+from ersilia_pack.errors import ErsiliaPackError
+from ersilia_pack.install import BACKENDS
+from ersilia_pack.pack import DEFAULT_KEEP, lint, pack
+from ersilia_pack.runtime.settings import ServeSettings
+from ersilia_pack.serve import serve
+
+EXIT_USAGE = 1
+EXIT_INTERNAL = 4
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("ersilia_pack",):
+        log = logging.getLogger(name)
+        log.handlers[:] = [handler]
+        log.setLevel(level)
+        log.propagate = False
+
+
+def _run(command: click.Command) -> Callable[[], None]:
+    """A console-script entry point: exit 1 on bad arguments, the error's code on failure."""
+
+    def main() -> None:
+        try:
+            command.main(standalone_mode=False)
+        except click.exceptions.Exit as done:
+            sys.exit(done.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(EXIT_USAGE)
+        except ErsiliaPackError as error:
+            click.echo(f"error: {error.render()}", err=True)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except Exception as error:  # a bug: say so plainly, no traceback unless asked
+            if os.environ.get("ERSILIA_PACK_DEBUG"):
+                raise
+            click.echo(
+                f"internal error: {type(error).__name__}: {error} "
+                "(set ERSILIA_PACK_DEBUG=1 for the traceback)",
+                err=True,
+            )
+            sys.exit(EXIT_INTERNAL)
+
+    return main
+
+
+def _backend_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    for name in reversed(list(BACKENDS)):
+        help_text = {
+            "system": "install with the current Python and PATH (containers)",
+            "venv": "install into a virtual environment in the repository (default)",
+            "conda": "install into a conda environment named after the model",
+        }[name]
+        function = click.option(f"--{name}", "backend", flag_value=name, help=help_text)(function)
+    return function
+
+
+def _logging_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    function = click.option("-v", "--verbose", is_flag=True, help="more detail")(function)
+    function = click.option("-q", "--quiet", is_flag=True, help="warnings and errors only")(
+        function
+    )
+    return function
+
+
+def _pack_and_report(model_dir: Path, repository_root: Path | None, **options: Any) -> None:
+    result = pack(model_dir, repository_root=repository_root, **options)
+    click.echo(f"packed {result.model_id} into {result.bundle_dir}")
+    if result.warnings:
+        click.echo(
+            f"{len(result.warnings)} example difference(s), see the warnings above", err=True
+        )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--model_dir",
+    "--model-dir",
+    "model_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="the model directory to pack",
+)
+@_backend_options
+@click.option(
+    "--eos",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="EOS folder (default $EOS or ~/eos); the bundle goes to EOS/repository/ID",
+)
+@click.option("--force", is_flag=True, help="rebuild the environment even if one fits")
+@click.option("--variant", default=None, help="use install_<variant>.sh")
+@click.option(
+    "--conda_env_name",
+    "--conda-env-name",
+    "env_name",
+    default=None,
+    help="conda environment name (default: the model id)",
+)
+@click.option("--strict", is_flag=True, help="fail when the example output differs")
+@click.option("--no-check", "no_check", is_flag=True, help="skip the example check")
+@click.option(
+    "--keep",
+    default=DEFAULT_KEEP,
+    show_default=True,
+    type=click.IntRange(1),
+    help="bundles of this model to keep",
+)
+@_logging_options
+@click.version_option(__version__, prog_name="ersilia_pack")
+def pack_cli(
+    model_dir: Path,
+    backend: str | None,
+    eos: Path | None,
+    force: bool,
+    variant: str | None,
+    env_name: str | None,
+    strict: bool,
+    no_check: bool,
+    keep: int,
+    verbose: bool,
+    quiet: bool,
+) -> None:
+    """Validate, install and render a model directory into a servable bundle."""
+    _setup_logging(verbose, quiet)
+    root = eos.expanduser() / "repository" if eos else None
+    _pack_and_report(
+        model_dir,
+        root,
+        backend=backend or "venv",
+        env_name=env_name,
+        variant=variant,
+        force=force,
+        strict=strict,
+        check=not no_check,
+        keep=keep,
+    )
+
+
+def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--host",
+            default="127.0.0.1",
+            show_default=True,
+            help="address to bind; 0.0.0.0 to accept outside connections",
+        ),
+        click.option(
+            "--port",
+            default=8000,
+            show_default=True,
+            type=click.IntRange(0, 65535),
+            help="port to bind; 0 takes a free one",
+        ),
+        click.option(
+            "--root_path",
+            "--root-path",
+            "root_path",
+            default="",
+            help="path prefix when served behind a proxy",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(1),
+            default=None,
+            help="workers per API (default: the number of cores)",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="seconds one model run may take (default 600)",
+        ),
+        click.option(
+            "--batch-size",
+            "batch_size",
+            type=click.IntRange(1),
+            default=None,
+            help="most inputs per model run",
+        ),
+        click.option(
+            "--cold",
+            is_flag=True,
+            default=None,
+            help="run legacy scripts cold (a fresh process per run), never warm",
+        ),
+        click.option(
+            "--api-key",
+            "api_key",
+            default=None,
+            help="require 'Authorization: Bearer KEY' (or set ERSILIA_PACK_API_KEY)",
+        ),
+        click.option(
+            "--max-inputs",
+            "max_inputs",
+            type=click.IntRange(1),
+            default=None,
+            help="most inputs per request",
+        ),
+        click.option(
+            "--max-body-bytes",
+            "max_body_bytes",
+            type=click.IntRange(1),
+            default=None,
+            help="largest request body",
+        ),
+        click.option(
+            "--max-input-length",
+            "max_input_length",
+            type=click.IntRange(1),
+            default=None,
+            help="longest single input",
+        ),
+        click.option(
+            "--cors-origin",
+            "cors_origins",
+            multiple=True,
+            help="allow browser calls from this origin (repeatable); off by default",
+        ),
+        click.option(
+            "--redis-url",
+            "redis_url",
+            default=None,
+            help="keep jobs and the cache in Redis (or set ERSILIA_PACK_REDIS_URL)",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return _logging_options(function)
+
+
+def _serve_with(
+    path: Path, host: str, port: int, root_path: str, verbose: bool, quiet: bool, **overrides: Any
+) -> None:
+    _setup_logging(verbose, quiet)
+    if overrides.get("cors_origins") == ():
+        overrides["cors_origins"] = None
+    if overrides.get("cors_origins"):
+        overrides["cors_origins"] = list(overrides["cors_origins"])
+    settings = ServeSettings.from_env(**overrides)
+    serve(
+        path,
+        host=host,
+        port=port,
+        settings=settings,
+        root_path=root_path,
+        log_level="debug" if verbose else "warning" if quiet else "info",
+    )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--repository_dir",
+    "--repository-dir",
+    "path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="a model's repository folder (its newest bundle is served) or a bundle",
+)
+@_serve_options
+@click.version_option(__version__, prog_name="ersilia_serve")
+def serve_cli(
+    path: Path, host: str, port: int, root_path: str, verbose: bool, quiet: bool, **overrides: Any
+) -> None:
+    """Serve a packed model with uvicorn."""
+    _serve_with(path, host, port, root_path, verbose, quiet, **overrides)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--repo_path",
+    "--repo-path",
+    "repo_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="the model repository to pack",
+)
+@click.option(
+    "--bundles_repo_path",
+    "--bundles-repo-path",
+    "bundles",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="bundles go to BUNDLES/<Identifier>/<tag>/",
+)
+@click.option(
+    "--conda_env_name",
+    "--conda-env-name",
+    "env_name",
+    default=None,
+    help="pack with conda into this environment",
+)
+@_backend_options
+@click.option("--strict", is_flag=True, help="fail when the example output differs")
+@click.option("--no-check", "no_check", is_flag=True, help="skip the example check")
+@_logging_options
+def model_pack_cli(
+    repo_path: Path,
+    bundles: Path,
+    env_name: str | None,
+    backend: str | None,
+    strict: bool,
+    no_check: bool,
+    verbose: bool,
+    quiet: bool,
+) -> None:
+    """Drop-in for the Ersilia client's ersilia_model_pack."""
+    _setup_logging(verbose, quiet)
+    chosen = backend or ("conda" if env_name else "venv")
+    _pack_and_report(
+        repo_path, bundles, backend=chosen, env_name=env_name, strict=strict, check=not no_check
+    )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--bundle_path",
+    "--bundle-path",
+    "path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="a bundle, or the model folder holding one",
+)
+@_serve_options
+def model_serve_cli(
+    path: Path, host: str, port: int, root_path: str, verbose: bool, quiet: bool, **overrides: Any
+) -> None:
+    """Drop-in for the Ersilia client's ersilia_model_serve."""
+    _serve_with(path, host, port, root_path, verbose, quiet, **overrides)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--repo_path",
+    "--repo-path",
+    "repo_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="the model repository to check",
+)
+@click.option("--variant", default=None, help="check install_<variant>.sh")
+def model_lint_cli(repo_path: Path, variant: str | None) -> None:
+    """Validate a model repository and report every problem at once."""
+    spec = lint(repo_path, variant=variant)
+    apis = ", ".join(f"{api.name} ({api.kind}, {len(api.columns)} columns)" for api in spec.apis)
+    click.echo(
+        f"{spec.model_id} ({spec.slug}) is valid: APIs {apis}; "
+        f"{len(spec.plan.steps)} install steps from {spec.plan.source or 'nothing'}"
+    )
+
+
+pack_command = _run(pack_cli)
+serve_command = _run(serve_cli)
+model_pack_command = _run(model_pack_cli)
+model_serve_command = _run(model_serve_cli)
+model_lint_command = _run(model_lint_cli)

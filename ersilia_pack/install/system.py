@@ -1,0 +1,23 @@
+"""The system backend: installs with the current interpreter and PATH (what a container wants)."""
+
+from __future__ import annotations
+
+import sys
+
+from ersilia_pack.install.base import Backend, EnvRequest, PreparedEnv, current_python_version
+from ersilia_pack.runtime.environment import Environment
+
+
+class SystemBackend(Backend):
+    """No isolation: ``pip`` and ``python`` are the ones running ersilia_pack."""
+
+    name = "system"
+
+    def prepare(self, request: EnvRequest) -> PreparedEnv:
+        version = current_python_version()
+        self.warn_python(request.plan, version)
+        return PreparedEnv(
+            Environment(
+                backend=self.name, prefix=None, python=sys.executable, python_version=version
+            )
+        )

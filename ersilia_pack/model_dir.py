@@ -1,0 +1,322 @@
+"""Reading and validating a model directory into one typed ModelSpec."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ersilia_pack.errors import ModelDirError, Problem
+from ersilia_pack.install.plan import InstallPlan, read_plan
+from ersilia_pack.metadata import is_safe_name, read_metadata
+from ersilia_pack.runtime.bundle import ApiDefinition
+from ersilia_pack.runtime.columns import COLUMN_TYPES, Column, infer_type
+
+_INPUT_HEADERS = ("input", "smiles", "text")
+_ID_HEADERS = ("key", "input", "smiles", "text")
+ApiKind = Literal["sh", "py"]
+_IGNORED_DIRS = {".git", "__pycache__", ".ipynb_checkpoints"}
+
+
+class ModelSpec(BaseModel):
+    """Everything later steps need from a model directory; nothing reads the directory again."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    root: Path
+    metadata: dict[str, Any]
+    metadata_file: str
+    model_id: str
+    slug: str
+    apis: list[ApiDefinition]
+    plan: InstallPlan
+    model_hash: str
+    warnings: list[str] = []
+
+    @property
+    def python_version(self) -> str | None:
+        return self.plan.python
+
+    @property
+    def output_consistency(self) -> str:
+        return str(self.metadata.get("Output Consistency") or "Fixed")
+
+
+def _read_csv(path: Path) -> list[list[str]]:
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        return [row for row in csv.reader(handle) if row]
+
+
+def _first_existing(paths: list[Path]) -> Path | None:
+    return next((path for path in paths if path.is_file()), None)
+
+
+def _example_paths(model_dir: Path, api: str, kind: str) -> list[Path]:
+    examples = model_dir / "model" / "framework" / "examples"
+    return [
+        examples / f"{api}_{kind}.csv",
+        examples / f"{kind}.csv",
+        model_dir / f"example_{kind}.csv",
+    ]
+
+
+def _example_input(path: Path) -> list[str]:
+    rows = _read_csv(path)
+    if not rows:
+        return []
+    header = [name.strip().lower() for name in rows[0]]
+    column = next((header.index(name) for name in _INPUT_HEADERS if name in header), 0)
+    return [row[column] if column < len(row) else "" for row in rows[1:]]
+
+
+def _read_columns(path: Path, problems: list[Problem], where: str) -> list[Column]:
+    rows = _read_csv(path)
+    if not rows:
+        problems.append(
+            Problem(
+                where,
+                "is empty",
+                "add a header 'name,type,direction,description' and one row per output column",
+            )
+        )
+        return []
+    header = [name.strip().lower() for name in rows[0]]
+    if "name" not in header or "type" not in header:
+        problems.append(
+            Problem(
+                where,
+                f"header is {rows[0]}, it needs 'name' and 'type'",
+                "use the header name,type,direction,description",
+            )
+        )
+        return []
+    field = {name: header.index(name) for name in header}
+    columns: list[Column] = []
+    for number, row in enumerate(rows[1:], start=2):
+        values = {name: (row[i].strip() if i < len(row) else "") for name, i in field.items()}
+        kind = values["type"].lower()
+        if kind not in COLUMN_TYPES:
+            problems.append(
+                Problem(
+                    where,
+                    f"line {number}: type {values['type']!r} of column "
+                    f"{values['name']!r} is not one of {', '.join(COLUMN_TYPES)}",
+                    "use float, integer, string or other",
+                )
+            )
+            continue
+        columns.append(
+            Column.model_validate(
+                {
+                    "name": values["name"],
+                    "type": kind,
+                    "direction": values.get("direction", ""),
+                    "description": values.get("description", ""),
+                }
+            )
+        )
+    return columns
+
+
+def _load_once_class(path: Path) -> str | None:
+    """The class of a ``.py`` file that has both ``load`` and ``predict``; None otherwise."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+    except SyntaxError:
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            methods = {item.name for item in node.body if isinstance(item, ast.FunctionDef)}
+            if {"load", "predict"} <= methods:
+                return node.name
+    return None
+
+
+def _split_example_output(
+    rows: list[list[str]], columns: list[Column]
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of an example output, without leading key/input columns it may carry."""
+    header, body = [name.strip() for name in rows[0]], rows[1:]
+    names = [column.name for column in columns]
+    if names and set(names) <= set(header):
+        index = [header.index(name) for name in names]
+        return names, [[row[i] if i < len(row) else "" for i in index] for row in body]
+    skip = 0
+    while (
+        skip < len(header) - 1 and header[skip].lower() in _ID_HEADERS and header[skip] not in names
+    ):
+        skip += 1
+    return header[skip:], [row[skip:] for row in body]
+
+
+def _read_api(
+    model_dir: Path,
+    name: str,
+    script: str,
+    kind: ApiKind,
+    class_name: str | None,
+    problems: list[Problem],
+) -> ApiDefinition:
+    framework = model_dir / "model" / "framework"
+    columns_file = framework / "columns" / f"{name}_columns.csv"
+    columns: list[Column] = []
+    if columns_file.is_file():
+        columns = _read_columns(
+            columns_file, problems, f"model/framework/columns/{columns_file.name}"
+        )
+    inputs_file = _first_existing(_example_paths(model_dir, name, "input"))
+    outputs_file = _first_existing(_example_paths(model_dir, name, "output"))
+    example_input = _example_input(inputs_file) if inputs_file else []
+    example_output: list[list[str]] = []
+    if outputs_file:
+        rows = _read_csv(outputs_file)
+        if rows:
+            header, example_output = _split_example_output(rows, columns)
+            if not columns:
+                columns = [
+                    Column(
+                        name=column,
+                        type=infer_type([row[i] if i < len(row) else "" for row in example_output]),
+                    )
+                    for i, column in enumerate(header)
+                ]
+        where = str(outputs_file.relative_to(model_dir))
+        if example_input and len(example_output) != len(example_input):
+            problems.append(
+                Problem(
+                    where,
+                    f"has {len(example_output)} rows but the example "
+                    f"input has {len(example_input)}",
+                    "regenerate the example output from the example input",
+                )
+            )
+    return ApiDefinition(
+        name=name,
+        kind=kind,
+        script=script,
+        class_name=class_name,
+        columns=columns,
+        example_input=example_input,
+        example_output=example_output,
+    )
+
+
+def _read_apis(model_dir: Path, problems: list[Problem]) -> list[ApiDefinition]:
+    framework = model_dir / "model" / "framework"
+    if not framework.is_dir():
+        problems.append(
+            Problem(
+                "model/framework",
+                "is missing",
+                "put each API's script there, e.g. model/framework/run.sh",
+            )
+        )
+        return []
+    found: dict[str, tuple[str, ApiKind, str | None]] = {}
+    for path in sorted(framework.glob("*.sh")):
+        found[path.stem] = (path.name, "sh", None)
+    for path in sorted(framework.glob("*.py")):
+        class_name = _load_once_class(path)
+        if class_name:
+            found[path.stem] = (path.name, "py", class_name)
+    apis: list[ApiDefinition] = []
+    for name, (script, kind, class_name) in sorted(found.items()):
+        if not is_safe_name(name):
+            problems.append(
+                Problem(
+                    f"model/framework/{script}",
+                    f"API name {name!r} is not a safe name",
+                    "rename it with letters, digits, '_' or '-'",
+                )
+            )
+            continue
+        apis.append(_read_api(model_dir, name, script, kind, class_name, problems))
+    if not apis:
+        problems.append(
+            Problem(
+                "model/framework",
+                "has no API script",
+                "add run.sh (bash run.sh FRAMEWORK INPUT OUTPUT) or a run.py "
+                "defining a class with load() and predict()",
+            )
+        )
+    return apis
+
+
+def _check_symlinks(model_dir: Path, problems: list[Problem]) -> None:
+    root = model_dir.resolve()
+    for current, dirs, files in os.walk(model_dir):
+        dirs[:] = [d for d in dirs if d not in _IGNORED_DIRS]
+        for name in [*dirs, *files]:
+            path = Path(current) / name
+            if path.is_symlink():
+                target = path.resolve()
+                if target != root and root not in target.parents:
+                    problems.append(
+                        Problem(
+                            str(path.relative_to(model_dir)),
+                            f"is a symlink to {os.readlink(path)}, outside the model directory",
+                            "copy the file in, or remove the link",
+                        )
+                    )
+
+
+def hash_model_dir(model_dir: Path) -> str:
+    """A hash of the metadata, install files and model/ folder (names and contents)."""
+    digest = hashlib.sha256()
+    paths = [
+        p
+        for p in model_dir.iterdir()
+        if p.is_file() and p.name.startswith(("metadata", "install", "Dockerfile", "example_"))
+    ]
+    model = model_dir / "model"
+    if model.is_dir():
+        for current, dirs, files in os.walk(model):
+            dirs[:] = sorted(d for d in dirs if d not in _IGNORED_DIRS)
+            paths.extend(Path(current) / name for name in sorted(files))
+    for path in sorted(paths):
+        if path.is_symlink() and not path.exists():
+            continue
+        digest.update(str(path.relative_to(model_dir)).encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def read_model_dir(model_dir: Path, *, variant: str | None = None) -> ModelSpec:
+    """Read and validate a model directory; ModelDirError lists every problem at once."""
+    model_dir = Path(model_dir).expanduser()
+    if not model_dir.is_dir():
+        raise ModelDirError(
+            [
+                Problem(
+                    str(model_dir),
+                    "does not exist or is not a folder",
+                    "pass the folder holding metadata.yml and model/",
+                )
+            ]
+        )
+    problems: list[Problem] = []
+    metadata, metadata_name = read_metadata(model_dir, problems)
+    plan = read_plan(model_dir, problems, variant=variant)
+    apis = _read_apis(model_dir, problems)
+    _check_symlinks(model_dir, problems)
+    if problems:
+        raise ModelDirError(problems, str(model_dir))
+    return ModelSpec(
+        root=model_dir.resolve(),
+        metadata=metadata,
+        metadata_file=metadata_name,
+        model_id=metadata["Identifier"],
+        slug=metadata["Slug"],
+        apis=apis,
+        plan=plan,
+        model_hash=hash_model_dir(model_dir),
+    )

@@ -1,0 +1,271 @@
+"""Rendering a bundle: the generated app from Jinja templates, plus the JSON files beside it."""
+
+from __future__ import annotations
+
+import json
+import keyword
+import re
+import shutil
+import textwrap
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from pydantic import BaseModel
+
+from ersilia_pack import __version__
+from ersilia_pack.errors import RenderError
+from ersilia_pack.install.plan import InstallPlan
+from ersilia_pack.model_dir import ModelSpec
+from ersilia_pack.runtime.bundle import MANIFEST, ApiDefinition, InstallRecord, Manifest
+from ersilia_pack.runtime.columns import convert_value
+from ersilia_pack.runtime.environment import Environment
+from ersilia_pack.runtime.io import shape
+
+_RESERVED = {
+    "model_config",
+    "model_fields",
+    "model_computed_fields",
+    "copy",
+    "dict",
+    "json",
+    "schema",
+    "construct",
+    "validate",
+    "fields",
+    "parse_obj",
+    "parse_raw",
+}
+_COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", ".git")
+
+
+class FieldContext(BaseModel):
+    attribute: str
+    name: str
+    annotation: str
+    description: str
+
+
+class ApiContext(BaseModel):
+    name: str
+    module: str
+    row_class: str
+    kind: str
+    fields: list[FieldContext]
+
+
+class RenderContext(BaseModel):
+    """Everything the templates see; StrictUndefined makes a missing name fail the render."""
+
+    model_id: str
+    slug: str
+    title: str
+    version: str
+    tag: str
+    apis: list[ApiContext]
+    plan: InstallPlan
+
+    @property
+    def needs_any(self) -> bool:
+        return any(f.annotation == "Any" for api in self.apis for f in api.fields)
+
+
+def new_tag() -> str:
+    """A bundle tag that sorts by time."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+
+
+def _identifier(name: str, taken: set[str]) -> str:
+    base = re.sub(r"\W", "_", name.strip()).lower() or "column"
+    if (
+        base[0].isdigit()
+        or keyword.iskeyword(base)
+        or base in _RESERVED
+        or base.startswith(("model_", "_"))
+    ):
+        base = f"col_{base.lstrip('_')}"
+    candidate, number = base, 2
+    while candidate in taken:
+        candidate, number = f"{base}_{number}", number + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _class_name(name: str) -> str:
+    return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", name) if part) + "Row"
+
+
+_ANNOTATIONS = {
+    "float": "float | None",
+    "integer": "int | None",
+    "string": "str | None",
+    "other": "Any",
+}
+
+
+def _api_context(api: ApiDefinition) -> ApiContext:
+    taken: set[str] = set()
+    fields = [
+        FieldContext(
+            attribute=_identifier(column.name, taken),
+            name=column.name,
+            annotation=_ANNOTATIONS[column.type],
+            description=column.description or f"{column.type} output column",
+        )
+        for column in api.columns
+    ]
+    module = "api_" + re.sub(r"\W", "_", api.name).lower()
+    return ApiContext(
+        name=api.name, module=module, row_class=_class_name(api.name), kind=api.kind, fields=fields
+    )
+
+
+def pyliteral(value: str, indent: int = 8) -> str:
+    """A string literal that keeps rendered lines short (implicit concatenation when long)."""
+    if len(value) <= 60:
+        return json.dumps(value)
+    pieces = textwrap.wrap(value, 60, drop_whitespace=False, break_on_hyphens=False)
+    pad = " " * indent
+    body = "\n".join(f"{pad}    {json.dumps(piece)}" for piece in pieces)
+    return f"(\n{body}\n{pad})"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_load_template),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["pyliteral"] = pyliteral
+    env.filters["json"] = json.dumps
+    return env
+
+
+def _load_template(name: str) -> str:
+    return resources.files("ersilia_pack.templates").joinpath(name).read_text(encoding="utf-8")
+
+
+def render_template(name: str, context: RenderContext, **extra: Any) -> str:
+    """Render one template with the context's fields."""
+    try:
+        values = {**dict(context), "needs_any": context.needs_any, **extra}
+        return _environment().get_template(name).render(**values)
+    except jinja2.TemplateError as error:
+        raise RenderError(f"template {name} failed to render: {error}") from error
+
+
+def example_records(api: ApiDefinition) -> list[dict[str, Any]]:
+    """An API's example output as typed records, as ``POST /<api>`` would answer."""
+    types = [column.type for column in api.columns]
+    rows = [
+        [convert_value(value, kind) for value, kind in zip(row, types)]
+        for row in api.example_output
+    ]
+    records: list[dict[str, Any]] = shape(list(rows), api.column_names, "records")
+    return records
+
+
+def api_schema(spec: ModelSpec) -> dict[str, Any]:
+    """The Ersilia client's view of each API: inputs and the type of the outcome array."""
+    schema: dict[str, Any] = {}
+    for api in spec.apis:
+        types = {column.type for column in api.columns}
+        if types and types <= {"float", "integer"}:
+            kind = "numeric_array"
+        elif types == {"string"}:
+            kind = "string_array"
+        else:
+            kind = "mixed_array"
+        schema[api.name] = {
+            "input": {
+                "key": {"type": "string"},
+                "input": {"type": "string"},
+                "text": {"type": "string"},
+            },
+            "output": {
+                "outcome": {"type": kind, "shape": [len(api.columns)], "meta": api.column_names}
+            },
+        }
+    return schema
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def render_bundle(
+    spec: ModelSpec,
+    target: Path,
+    *,
+    tag: str,
+    environment: Environment,
+    install: InstallRecord,
+) -> Manifest:
+    """Write a complete bundle (all but status.json) into ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(spec.root / "model", target / "model", ignore=_COPY_IGNORE, dirs_exist_ok=True)
+    context = RenderContext(
+        model_id=spec.model_id,
+        slug=spec.slug,
+        title=str(spec.metadata.get("Title") or spec.model_id),
+        version=__version__,
+        tag=tag,
+        apis=[_api_context(api) for api in spec.apis],
+        plan=spec.plan,
+    )
+    app_dir = target / "app"
+    app_dir.mkdir(exist_ok=True)
+    (app_dir / "__init__.py").write_text(render_template("app/__init__.py.j2", context))
+    (app_dir / "main.py").write_text(render_template("app/main.py.j2", context))
+    (app_dir / "schemas.py").write_text(render_template("app/schemas.py.j2", context))
+    (app_dir / "worker.py").write_text(render_template("app/worker.py.j2", context))
+    examples_dir = app_dir / "examples"
+    examples_dir.mkdir(exist_ok=True)
+    for api, api_context in zip(spec.apis, context.apis):
+        (app_dir / f"{api_context.module}.py").write_text(
+            render_template("app/api.py.j2", context, api=api_context)
+        )
+        _write_json(
+            examples_dir / f"{api.name}.json",
+            {
+                "input": api.example_input,
+                "output": example_records(api),
+                "columns": [column.model_dump() for column in api.columns],
+            },
+        )
+    installs = target / "installs"
+    installs.mkdir(exist_ok=True)
+    (installs / "install.sh").write_text(render_template("install.sh.j2", context))
+    _write_json(
+        target / "information.json",
+        {
+            "card": spec.metadata,
+            "model_id": spec.model_id,
+            "Slug": spec.slug,
+            "api_list": [api.name for api in spec.apis],
+        },
+    )
+    _write_json(target / "api_schema.json", api_schema(spec))
+    manifest = Manifest(
+        ersilia_pack_version=__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        tag=tag,
+        model_id=spec.model_id,
+        slug=spec.slug,
+        model_hash=spec.model_hash,
+        environment=environment,
+        install=install,
+        apis=spec.apis,
+        output_consistency=spec.output_consistency,
+    )
+    write_manifest(target, manifest)
+    return manifest
+
+
+def write_manifest(bundle_dir: Path, manifest: Manifest) -> None:
+    (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")

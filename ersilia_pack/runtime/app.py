@@ -1,0 +1,247 @@
+"""The app factory every generated app calls, and the routes all models share."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from ersilia_pack import __version__
+from ersilia_pack.runtime.bundle import Bundle, load_bundle
+from ersilia_pack.runtime.io import InputError, dumps, parse_inputs, shape
+from ersilia_pack.runtime.service import ModelService, PredictionError
+from ersilia_pack.runtime.settings import ServeSettings
+
+logger = logging.getLogger("ersilia_pack.runtime")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def json_response(
+    payload: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON response serialised once, compactly, with no NaN."""
+    return Response(
+        dumps(payload), status_code=status_code, headers=headers, media_type="application/json"
+    )
+
+
+def service_of(request: Request) -> ModelService:
+    service: ModelService = request.app.state.service
+    return service
+
+
+async def read_inputs(request: Request) -> list[str]:
+    """The inputs of a request, within the configured limits."""
+    settings: ServeSettings = request.app.state.settings
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
+        raise HTTPException(413, f"the body is larger than {settings.max_body_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > settings.max_body_bytes:
+            raise HTTPException(413, f"the body is larger than {settings.max_body_bytes} bytes")
+    try:
+        inputs = parse_inputs(request.headers.get("content-type", ""), bytes(body))
+    except InputError as error:
+        raise HTTPException(error.status_code, str(error)) from error
+    if len(inputs) > settings.max_inputs:
+        raise HTTPException(
+            413,
+            f"{len(inputs)} inputs is more than the limit of {settings.max_inputs} per request: "
+            "send fewer, or submit a job (POST /job/submit) for bigger runs",
+        )
+    for position, value in enumerate(inputs):
+        if len(value) > settings.max_input_length:
+            raise HTTPException(
+                422,
+                f"input {position} is {len(value)} characters long; the limit is "
+                f"{settings.max_input_length}",
+            )
+    return inputs
+
+
+async def predict_response(
+    request: Request,
+    api: str,
+    *,
+    orient: str,
+    fetch_cache: bool = True,
+    save_cache: bool = True,
+    cache_only: bool = False,
+    with_meta: bool = False,
+) -> Response:
+    """Answer ``POST /<api>``: one typed row per input, in order, shaped by ``orient``."""
+    inputs = await read_inputs(request)
+    service = service_of(request)
+    try:
+        prediction = await service.predict(
+            api, inputs, fetch_cache=fetch_cache, save_cache=save_cache, cache_only=cache_only
+        )
+    except PredictionError as error:
+        raise HTTPException(error.status_code, error.detail) from error
+    names = service.bundle.apis[api].column_names
+    result = shape(prediction.rows, names, orient)
+    headers = {"X-Failed-Rows": str(len(prediction.errors))}
+    if with_meta:
+        failed = [
+            {"index": i, "input": inputs[i], "reason": reason}
+            for i, reason in sorted(prediction.errors.items())
+        ]
+        return json_response({"result": result, "meta": {"failed": failed}}, headers=headers)
+    return json_response(result, headers=headers)
+
+
+def _add_shared_routes(app: FastAPI, bundle: Bundle) -> None:
+    model_id, slug = bundle.manifest.model_id, bundle.manifest.slug
+
+    @app.get("/", tags=["model"], summary="Model id and slug")
+    async def root() -> dict[str, str]:
+        return {model_id: slug}
+
+    @app.api_route(
+        "/info",
+        methods=["GET", "POST", "HEAD"],
+        tags=["model"],
+        summary="Model information: card, APIs and their schema",
+    )
+    async def info() -> dict[str, Any]:
+        apis = list(bundle.apis)
+        return {
+            **bundle.information,
+            "model_id": model_id,
+            "Slug": slug,
+            "api_list": apis,
+            "apis_list": apis,
+            "api_schema": bundle.api_schema,
+        }
+
+    @app.get("/card", tags=["model"], summary="The model's metadata card")
+    async def card() -> dict[str, Any]:
+        return bundle.card
+
+    @app.get("/card/{field}", tags=["model"], summary="One field of the card")
+    async def card_field(field: str) -> Any:
+        card = bundle.card
+        if field not in card:
+            raise HTTPException(404, f"field {field!r} is not in the card of {model_id}")
+        return card[field]
+
+    @app.get("/healthz", tags=["health"], summary="The server is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Every API can answer now")
+    async def readyz(request: Request) -> JSONResponse:
+        service = service_of(request)
+        apis = {name: engine.ready for name, engine in service.engines.items()}
+        ready = all(apis.values())
+        return JSONResponse({"ready": ready, "apis": apis}, status_code=200 if ready else 503)
+
+
+def _add_docs(app: FastAPI, title: str) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json",
+            title=f"{title} - docs",
+            swagger_js_url=f"{root}/static/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/static/swagger-ui.css",
+            swagger_favicon_url=f"{root}/static/favicon-32x32.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}/openapi.json",
+            title=f"{title} - reference",
+            redoc_js_url=f"{root}/static/redoc.standalone.js",
+            redoc_favicon_url=f"{root}/static/favicon-32x32.png",
+            with_google_fonts=False,
+        )
+
+
+def _add_error_handling(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def request_id(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        rid = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
+        request.state.request_id = rid
+        try:
+            response = await call_next(request)
+        except Exception:
+            logger.exception(
+                "request %s %s failed [request id %s]", request.method, request.url.path, rid
+            )
+            response = JSONResponse(
+                {"detail": "internal server error", "request_id": rid}, status_code=500
+            )
+        response.headers["X-Request-ID"] = rid
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [
+            {
+                "loc": list(item.get("loc", ())),
+                "msg": item.get("msg", ""),
+                "type": item.get("type", ""),
+            }
+            for item in error.errors()
+        ]
+        return JSONResponse({"detail": problems}, status_code=422)
+
+
+def build_app(bundle_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
+    """A FastAPI app serving the bundle at ``bundle_dir``; generated apps add their API routes."""
+    bundle = load_bundle(bundle_dir)
+    settings = settings or ServeSettings.from_env()
+    card = bundle.card
+    title = str(card.get("Title") or bundle.manifest.model_id)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = ModelService(bundle, settings)
+        app.state.service = service
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title=f"{bundle.manifest.model_id}: {title}",
+        description=str(card.get("Description", "")),
+        version=f"{bundle.manifest.tag} (ersilia_pack {__version__})",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.bundle = bundle
+    app.state.settings = settings
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    _add_error_handling(app)
+    _add_shared_routes(app, bundle)
+    _add_docs(app, title)
+    return app

@@ -1,0 +1,134 @@
+"""A bundle on disk: its manifest, its APIs, and finding the newest one in a repository."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from ersilia_pack.errors import ServeError
+from ersilia_pack.runtime.columns import Column
+from ersilia_pack.runtime.environment import Environment
+
+MANIFEST = "manifest.json"
+TAG_PATTERN = re.compile(r"^\d{8}-\d{6}-\d{6}$")
+
+
+class ApiDefinition(BaseModel):
+    """One API of a model: how it runs and what it returns."""
+
+    name: str
+    kind: Literal["sh", "py"]
+    script: str
+    class_name: str | None = None
+    columns: list[Column] = []
+    example_input: list[str] = []
+    example_output: list[list[str]] = []
+    warm: bool = False
+
+    @property
+    def column_names(self) -> list[str]:
+        return [column.name for column in self.columns]
+
+
+class InstallRecord(BaseModel):
+    """What the install did, kept in the manifest."""
+
+    python: str | None = None
+    steps: list[str] = []
+    reused_environment: bool = False
+
+
+class Manifest(BaseModel):
+    """Everything the server needs to know about a bundle, written at pack time."""
+
+    ersilia_pack_version: str
+    created: str
+    tag: str
+    model_id: str
+    slug: str
+    model_hash: str
+    environment: Environment
+    install: InstallRecord
+    apis: list[ApiDefinition]
+    output_consistency: str = "Fixed"
+
+
+class Bundle:
+    """A packed model: the folder ``$EOS/repository/$MODEL_ID/<tag>/``."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = path
+        self.manifest = manifest
+
+    @property
+    def framework_dir(self) -> Path:
+        return self.path / "model" / "framework"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path / "state"
+
+    @property
+    def apis(self) -> dict[str, ApiDefinition]:
+        return {api.name: api for api in self.manifest.apis}
+
+    def _json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text(encoding="utf-8"))
+
+    @cached_property
+    def information(self) -> dict[str, Any]:
+        return dict(self._json("information.json"))
+
+    @cached_property
+    def api_schema(self) -> dict[str, Any]:
+        return dict(self._json("api_schema.json"))
+
+    @property
+    def card(self) -> dict[str, Any]:
+        return dict(self.information.get("card", {}))
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Read a bundle folder; a clear ServeError when it is not one."""
+    manifest_path = path / MANIFEST
+    try:
+        manifest = Manifest.model_validate_json(manifest_path.read_bytes())
+    except FileNotFoundError as error:
+        raise ServeError(f"{path} is not a bundle: it has no {MANIFEST}") from error
+    except ValidationError as error:
+        raise ServeError(
+            f"{manifest_path} is unreadable: {error.error_count()} problems"
+        ) from error
+    return Bundle(path.resolve(), manifest)
+
+
+def _is_done(path: Path) -> bool:
+    try:
+        return bool(json.loads((path / "status.json").read_text()).get("done"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def find_bundle(path: Path) -> Path:
+    """The bundle at ``path``, or the newest finished bundle in the repository at ``path``."""
+    path = path.expanduser()
+    if not path.is_dir():
+        raise ServeError(f"{path} does not exist or is not a folder")
+    if (path / MANIFEST).is_file():
+        return path
+    tags = sorted(
+        child
+        for child in path.iterdir()
+        if TAG_PATTERN.match(child.name) and (child / MANIFEST).is_file() and _is_done(child)
+    )
+    if not tags:
+        raise ServeError(
+            f"{path} holds no finished bundle: pack the model first "
+            "(ersilia_pack --model_dir DIR) and pass $EOS/repository/MODEL_ID"
+        )
+    return tags[-1]

@@ -1,0 +1,104 @@
+"""Typed output columns and the conversion of raw model values to JSON values."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+ColumnType = Literal["float", "integer", "string", "other"]
+COLUMN_TYPES: tuple[str, ...] = ("float", "integer", "string", "other")
+_NULL_STRINGS = frozenset({"", "nan", "NaN", "NAN", "none", "None", "null", "NULL", "NA", "N/A"})
+
+
+class Column(BaseModel):
+    """One output column of an API."""
+
+    name: str
+    type: ColumnType = "other"
+    direction: str = ""
+    description: str = ""
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    number = _as_float(value)
+    if number is None or not number.is_integer():
+        return None
+    return int(number)
+
+
+def _looks_like(value: Any) -> Any:
+    """Type a value the way it looks: integer, then float, else the string itself."""
+    if not isinstance(value, str):
+        return convert_value(value, "float") if isinstance(value, float) else value
+    integer = _as_int(value) if value.strip().lstrip("+-").isdigit() else None
+    if integer is not None:
+        return integer
+    number = _as_float(value)
+    return number if number is not None else value
+
+
+def is_null(value: Any) -> bool:
+    """True for the values a model writes to mean 'no value'."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, str) and value.strip() in _NULL_STRINGS
+
+
+def convert_value(value: Any, column_type: str) -> Any:
+    """Convert one raw value (a CSV string or a Python object) to its column's JSON type.
+
+    Empty, ``nan`` and non-finite values become ``None``; a value that cannot be read as its
+    column's type becomes ``None`` too, so a response never breaks its own schema.
+    """
+    if is_null(value):
+        return None
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy scalars
+    if column_type == "float":
+        return _as_float(value)
+    if column_type == "integer":
+        return _as_int(value)
+    if column_type == "string":
+        return value if isinstance(value, str) else str(value)
+    return _looks_like(value)
+
+
+def infer_type(values: list[str]) -> ColumnType:
+    """The narrowest column type that fits every non-empty example value."""
+    present = [value for value in values if not is_null(value)]
+    if not present:
+        return "other"
+    if all(_as_int(value) is not None and "." not in value for value in present):
+        return "integer"
+    if all(_as_float(value) is not None for value in present):
+        return "float"
+    return "string"
+
+
+def json_type(column_type: str) -> dict[str, Any]:
+    """The JSON schema of one column's values (always nullable)."""
+    mapping = {"float": "number", "integer": "integer", "string": "string"}
+    if column_type in mapping:
+        return {"anyOf": [{"type": mapping[column_type]}, {"type": "null"}]}
+    return {}

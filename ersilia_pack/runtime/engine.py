@@ -1,0 +1,172 @@
+"""The run engine of one API: micro-batching, de-duplication and per-row failure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from ersilia_pack.runtime.runners import BatchResult, RunError, RunFailed, Runner, RunTimeout
+
+logger = logging.getLogger("ersilia_pack.runtime")
+
+
+@dataclass
+class Outcome:
+    """What one input got: its raw row, or ``None`` with the reason."""
+
+    row: list[Any] | None
+    error: str | None = None
+
+
+class ModelBroken(RunError):
+    """The model fails even on its own example input: a model failure, not a bad input."""
+
+
+class ApiEngine:
+    """Runs inputs of one API through a runner.
+
+    Requests enqueue their inputs; a dispatcher takes a free runner slot and then everything
+    waiting (up to ``batch_size`` unique inputs), so requests that arrive while runs are in
+    flight are merged into the next run and a big request is split across the slots. A failed
+    batch is split in halves until the inputs that fail are found; they get null rows.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        batch_size: int,
+        batch_wait: float = 0.0,
+        probe_input: str | None = None,
+    ) -> None:
+        self.runner = runner
+        self.batch_size = max(1, batch_size)
+        self.batch_wait = batch_wait
+        self.probe_input = probe_input
+        self._pending: OrderedDict[str, list[asyncio.Future[Outcome]]] = OrderedDict()
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(runner.concurrency)
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self.runs = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._dispatcher is not None and self.runner.ready
+
+    async def start(self) -> None:
+        await self.runner.start()
+        self._dispatcher = asyncio.create_task(self._dispatch_forever())
+
+    async def stop(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        await self.runner.stop()
+
+    async def predict(self, inputs: list[str]) -> list[Outcome]:
+        """One outcome per input, in order; duplicates are computed once."""
+        loop = asyncio.get_running_loop()
+        futures: dict[str, asyncio.Future[Outcome]] = {}
+        for value in inputs:
+            if value not in futures:
+                future: asyncio.Future[Outcome] = loop.create_future()
+                futures[value] = future
+                self._pending.setdefault(value, []).append(future)
+        self._wakeup.set()
+        try:
+            await asyncio.gather(*futures.values())
+        finally:
+            self._forget(futures)
+        return [futures[value].result() for value in inputs]
+
+    def _forget(self, futures: dict[str, asyncio.Future[Outcome]]) -> None:
+        """Drop a cancelled request's inputs that no run has taken yet."""
+        for value, future in futures.items():
+            waiting = self._pending.get(value)
+            if waiting and future in waiting:
+                waiting.remove(future)
+                if not waiting:
+                    del self._pending[value]
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            await self._slots.acquire()
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self.batch_wait and len(self._pending) < self.batch_size:
+                await asyncio.sleep(self.batch_wait)
+            batch: OrderedDict[str, list[asyncio.Future[Outcome]]] = OrderedDict()
+            while self._pending and len(batch) < self.batch_size:
+                value, waiting = self._pending.popitem(last=False)
+                batch[value] = waiting
+            task = asyncio.create_task(self._run_batch(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run_batch(self, batch: OrderedDict[str, list[asyncio.Future[Outcome]]]) -> None:
+        try:
+            inputs = list(batch)
+            try:
+                outcomes = await self._run_splitting(inputs)
+            except RunError as error:
+                for waiting in batch.values():
+                    for future in waiting:
+                        if not future.done():
+                            future.set_exception(error)
+                return
+            for outcome, waiting in zip(outcomes, batch.values()):
+                for future in waiting:
+                    if not future.done():
+                        future.set_result(outcome)
+        finally:
+            self._slots.release()
+
+    async def _run_once(self, inputs: list[str]) -> BatchResult:
+        self.runs += 1
+        return await self.runner.run(inputs)
+
+    async def _run_splitting(self, inputs: list[str]) -> list[Outcome]:
+        try:
+            result = await self._run_once(inputs)
+        except RunTimeout:
+            raise
+        except RunFailed as error:
+            await self._check_model_works(error)
+            return await self._bisect(inputs, error)
+        return [Outcome(row, result.errors.get(i)) for i, row in enumerate(result.rows)]
+
+    async def _check_model_works(self, error: RunFailed) -> None:
+        """Tell a bad input from a broken model by running the model's own example input."""
+        if self.probe_input is None:
+            return
+        try:
+            await self._run_once([self.probe_input])
+        except RunFailed as probe_error:
+            raise ModelBroken(error.detail, error.stderr_tail or probe_error.stderr_tail) from error
+
+    async def _bisect(self, inputs: list[str], error: RunFailed) -> list[Outcome]:
+        if len(inputs) == 1:
+            logger.info("input %r failed: %s", inputs[0][:80], error.detail)
+            return [Outcome(None, error.detail)]
+        middle = len(inputs) // 2
+        outcomes: list[Outcome] = []
+        for half in (inputs[:middle], inputs[middle:]):
+            try:
+                result = await self._run_once(half)
+            except RunFailed as half_error:
+                outcomes.extend(await self._bisect(half, half_error))
+            else:
+                outcomes.extend(
+                    Outcome(row, result.errors.get(i)) for i, row in enumerate(result.rows)
+                )
+        return outcomes

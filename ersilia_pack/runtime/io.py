@@ -1,0 +1,138 @@
+"""Request bodies in, typed response shapes out."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import Any, Literal
+
+from ersilia_pack.runtime.columns import Column, convert_value
+
+Orient = Literal["records", "split", "columns", "index", "values"]
+ORIENTS: tuple[str, ...] = ("records", "split", "columns", "index", "values")
+INPUT_HEADERS = ("input", "smiles", "text")
+
+
+class InputError(ValueError):
+    """A request body that cannot be read as a list of inputs; carries the HTTP status."""
+
+    def __init__(self, message: str, status_code: int = 422) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def inputs_from_json(payload: Any) -> list[str]:
+    """Read a JSON body: a list of strings or of objects with an ``input`` string."""
+    if not isinstance(payload, list):
+        raise InputError(
+            f"the body must be a JSON list of inputs, got {type(payload).__name__}: "
+            'send e.g. ["CCO", "c1ccccc1"] or [{"key": "1", "input": "CCO"}]'
+        )
+    if not payload:
+        raise InputError("the body is an empty list: send at least one input")
+    inputs: list[str] = []
+    for position, item in enumerate(payload):
+        if isinstance(item, str):
+            inputs.append(item)
+        elif isinstance(item, dict) and isinstance(item.get("input"), str):
+            inputs.append(item["input"])
+        else:
+            raise InputError(
+                f"item {position} is {_describe(item)}: each input must be a string "
+                "or an object with an 'input' string"
+            )
+    return inputs
+
+
+def inputs_from_csv(text: str) -> list[str]:
+    """Read a CSV upload with a header; the input column is input, smiles or the first."""
+    rows = [row for row in csv.reader(io.StringIO(text)) if row]
+    if not rows:
+        raise InputError("the CSV upload is empty: send a header row and one input per row")
+    header = [name.strip().lower() for name in rows[0]]
+    column = next((header.index(name) for name in INPUT_HEADERS if name in header), 0)
+    inputs = [row[column] if column < len(row) else "" for row in rows[1:]]
+    if not inputs:
+        raise InputError("the CSV upload has a header but no inputs")
+    return inputs
+
+
+def _csv_from_multipart(content_type: str, body: bytes) -> str:
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1")
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise InputError("the multipart body could not be read", 400)
+    for part in message.iter_parts():
+        payload = part.get_payload(decode=True)
+        if isinstance(payload, bytes) and (part.get_filename() or part.get_param("name")):
+            return payload.decode("utf-8-sig", errors="replace")
+    raise InputError("the multipart body has no file: upload the CSV as a file field")
+
+
+def parse_inputs(content_type: str, body: bytes) -> list[str]:
+    """Read the inputs of a request from its content type and raw body."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/x-www-form-urlencoded" and body.lstrip()[:1] in (b"[", b"{"):
+        media = "application/json"  # curl -d without a content type: the body is JSON
+    if media in ("", "application/json") or media.endswith("+json"):
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise InputError(f"the body is not valid JSON: {error}", 400) from error
+        return inputs_from_json(payload)
+    if media in ("text/csv", "application/csv", "text/plain"):
+        return inputs_from_csv(body.decode("utf-8-sig", errors="replace"))
+    if media == "multipart/form-data":
+        return inputs_from_csv(_csv_from_multipart(content_type, body))
+    raise InputError(
+        f"content type {media!r} is not supported: send application/json, text/csv "
+        "or a multipart/form-data CSV upload",
+        415,
+    )
+
+
+def type_rows(rows: list[list[Any] | None], columns: list[Column]) -> list[list[Any] | None]:
+    """Convert raw rows (in column order) to typed values; ``None`` rows stay ``None``."""
+    types = [column.type for column in columns]
+    typed: list[list[Any] | None] = []
+    for row in rows:
+        if row is None:
+            typed.append(None)
+        else:
+            typed.append([convert_value(value, kind) for value, kind in zip(row, types)])
+    return typed
+
+
+def shape(rows: list[list[Any] | None], names: list[str], orient: str) -> Any:
+    """Shape typed rows like pandas' ``DataFrame.to_json(orient=...)``, indexed by position.
+
+    A ``None`` row becomes a row of nulls so every input keeps its place.
+    """
+    empty = [None] * len(names)
+    full = [row if row is not None else empty for row in rows]
+    if orient == "records":
+        return [dict(zip(names, row)) for row in full]
+    if orient == "split":
+        return {"columns": names, "index": list(range(len(full))), "data": full}
+    if orient == "index":
+        return {str(i): dict(zip(names, row)) for i, row in enumerate(full)}
+    if orient == "columns":
+        return {
+            name: {str(i): row[j] for i, row in enumerate(full)} for j, name in enumerate(names)
+        }
+    if orient == "values":
+        return full
+    raise InputError(f"orient {orient!r} is not one of {', '.join(ORIENTS)}")
+
+
+def dumps(payload: Any) -> bytes:
+    """Compact JSON; typed rows never hold NaN, and this refuses one if it slips through."""
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()

@@ -1,0 +1,381 @@
+"""Ways to run one batch of inputs through a model: a script per run, or load-once workers."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import csv
+import json
+import logging
+import os
+import shutil
+import signal
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ersilia_pack.runtime.bundle import ApiDefinition, Bundle
+
+logger = logging.getLogger("ersilia_pack.runtime")
+
+STDERR_TAIL_LINES = 20
+_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+
+
+class RunError(Exception):
+    """A run of the model failed; ``detail`` is safe to show to a caller."""
+
+    def __init__(self, detail: str, stderr_tail: str = "") -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.stderr_tail = stderr_tail
+
+
+class RunFailed(RunError):
+    """The model ran but failed: non-zero exit, a crash, or output of the wrong shape."""
+
+
+class RunTimeout(RunError):
+    """The model did not answer in time; its process was killed."""
+
+
+@dataclass
+class BatchResult:
+    """Raw rows in the API's column order (``None`` where the model gave nothing)."""
+
+    rows: list[list[Any] | None]
+    errors: dict[int, str]
+
+
+class Runner(Protocol):
+    """What the engine needs from a way of running a model."""
+
+    concurrency: int
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def run(self, inputs: list[str]) -> BatchResult: ...
+
+
+def model_env(bundle: Bundle) -> dict[str, str]:
+    """Process environment for model code: its environment first, numeric pools at one thread."""
+    env = bundle.manifest.environment.process_env()
+    for name in _THREAD_VARIABLES:
+        env.setdefault(name, "1")
+    return env
+
+
+def tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
+    """The last lines of a process's output."""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def align(header: list[str], rows: list[list[str]], api: ApiDefinition) -> list[list[Any] | None]:
+    """Put a script's output columns in the API's declared order.
+
+    Columns are matched by name when the header names them all, else by position. A row
+    whose every value is empty means the model could not handle that input.
+    """
+    names = api.column_names
+    if not names or header == names:
+        order = list(range(len(header)))
+    elif set(names) <= set(header):
+        order = [header.index(name) for name in names]
+    elif len(header) == len(names):
+        order = list(range(len(names)))
+    else:
+        raise RunFailed(f"the model wrote columns {header[:8]} but {api.name} declares {names[:8]}")
+    aligned: list[list[Any] | None] = []
+    for row in rows:
+        values = [row[i] if i < len(row) else "" for i in order]
+        aligned.append(None if all(value.strip() == "" for value in values) else values)
+    return aligned
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+class ScriptRunner:
+    """Runs ``bash <api>.sh <framework> <input.csv> <output.csv>`` once per batch (cold)."""
+
+    def __init__(self, bundle: Bundle, api: ApiDefinition, *, concurrency: int, timeout: float):
+        self.bundle = bundle
+        self.api = api
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self._env = model_env(bundle)
+        self._tmp_root = bundle.state_dir / "tmp"
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        self._tmp_root.mkdir(parents=True, exist_ok=True)
+
+    async def stop(self) -> None:
+        return None
+
+    def command(self, input_csv: Path, output_csv: Path) -> list[str]:
+        framework = self.bundle.framework_dir
+        return [
+            "bash",
+            str(framework / self.api.script),
+            str(framework),
+            str(input_csv),
+            str(output_csv),
+        ]
+
+    async def run(self, inputs: list[str]) -> BatchResult:
+        workdir = Path(tempfile.mkdtemp(prefix=f"{self.api.name}-", dir=self._tmp_root))
+        try:
+            input_csv, output_csv = workdir / "input.csv", workdir / "output.csv"
+            write_input_csv(input_csv, inputs)
+            await self._execute(self.command(input_csv, output_csv))
+            header, rows = read_output_csv(output_csv, len(inputs))
+            return BatchResult(rows=align(header, rows, self.api), errors={})
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _execute(self, command: list[str]) -> None:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            cwd=self.bundle.framework_dir,
+            env=self._env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), self.timeout)
+        except asyncio.TimeoutError as error:
+            _kill_group(process)
+            await process.wait()
+            raise RunTimeout(f"{self.api.name} did not finish within {self.timeout:g} s") from error
+        except asyncio.CancelledError:
+            _kill_group(process)
+            raise
+        finally:
+            _kill_group(process)  # nothing the script started outlives its run
+        text = output.decode("utf-8", errors="replace")
+        if text.strip():
+            logger.debug("%s output:\n%s", self.api.name, tail(text, 50))
+        if process.returncode != 0:
+            raise RunFailed(f"{self.api.name} exited with code {process.returncode}", tail(text))
+
+
+def write_input_csv(path: Path, inputs: list[str]) -> None:
+    """The input file a script reads: a header row, then one input per row."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["input"])
+        writer.writerows([value] for value in inputs)
+
+
+def read_output_csv(path: Path, expected: int) -> tuple[list[str], list[list[str]]]:
+    """The header and rows a script wrote; RunFailed unless there is one row per input."""
+    try:
+        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+            rows = list(csv.reader(handle))
+    except FileNotFoundError as error:
+        raise RunFailed("the model wrote no output file") from error
+    if not rows:
+        raise RunFailed("the model wrote an empty output file (no header row)")
+    header, body = rows[0], rows[1:]
+    if body and not body[-1]:
+        body = body[:-1]
+    if len(body) != expected:
+        raise RunFailed(f"the model wrote {len(body)} rows for {expected} inputs")
+    return [name.strip() for name in header], body
+
+
+def _pack(payload: dict[str, Any]) -> bytes:
+    data = json.dumps(payload).encode()
+    return struct.pack(">I", len(data)) + data
+
+
+class _Worker:
+    """One load-once worker process on the model environment's interpreter."""
+
+    def __init__(self, process: asyncio.subprocess.Process, api: str) -> None:
+        self.process = process
+        self.api = api
+        self.stderr: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._drain = asyncio.create_task(self._drain_stderr())
+
+    async def _drain_stderr(self) -> None:
+        assert self.process.stderr is not None
+        async for raw in self.process.stderr:
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            self.stderr.append(line)
+            logger.info("[%s worker %d] %s", self.api, self.process.pid, line)
+
+    async def receive(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        try:
+            header = await self.process.stdout.readexactly(4)
+            (size,) = struct.unpack(">I", header)
+            return dict(json.loads(await self.process.stdout.readexactly(size)))
+        except (asyncio.IncompleteReadError, ConnectionError) as error:
+            await self.process.wait()
+            raise RunFailed(
+                f"the {self.api} worker exited with code {self.process.returncode}",
+                "\n".join(self.stderr),
+            ) from error
+
+    async def call(self, inputs: list[str]) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(_pack({"inputs": inputs}))
+            await self.process.stdin.drain()
+        except (ConnectionError, BrokenPipeError) as error:
+            raise RunFailed(f"the {self.api} worker is gone", "\n".join(self.stderr)) from error
+        return await self.receive()
+
+    async def kill(self) -> None:
+        _kill_group(self.process)
+        with contextlib.suppress(ProcessLookupError):
+            await self.process.wait()
+        self._drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._drain
+
+
+class WorkerPool:
+    """Load-once workers for a ``<api>.py`` API: ``load()`` once, then batches over a pipe.
+
+    A worker that dies is replaced; the batch it held is retried once on another worker.
+    """
+
+    def __init__(self, bundle: Bundle, api: ApiDefinition, *, size: int, timeout: float):
+        self.bundle = bundle
+        self.api = api
+        self.concurrency = size
+        self.timeout = timeout
+        self._env = model_env(bundle)
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._workers: set[_Worker] = set()
+        self._starting: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.load_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return any(worker.process.returncode is None for worker in self._workers)
+
+    def command(self) -> list[str]:
+        framework = self.bundle.framework_dir
+        return [
+            self.bundle.manifest.environment.python,
+            str(self.bundle.path / "app" / "worker.py"),
+            str(framework / self.api.script),
+            self.api.class_name or "",
+            json.dumps(self.api.column_names),
+        ]
+
+    async def start(self) -> None:
+        for _ in range(self.concurrency):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        if self._closed:
+            return
+        task = asyncio.create_task(self._start_one())
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    async def _start_one(self) -> None:
+        process = await asyncio.create_subprocess_exec(
+            *self.command(),
+            cwd=self.bundle.framework_dir,
+            env=self._env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        worker = _Worker(process, self.api.name)
+        try:
+            hello = await asyncio.wait_for(worker.receive(), self.timeout)
+        except (RunFailed, asyncio.TimeoutError) as error:
+            await worker.kill()
+            self.load_error = f"the {self.api.name} worker failed to load: {error}"
+            logger.error("%s\n%s", self.load_error, "\n".join(worker.stderr))
+            return
+        if not hello.get("ready"):
+            await worker.kill()
+            self.load_error = f"the {self.api.name} model failed to load: {hello.get('error')}"
+            logger.error(self.load_error)
+            return
+        self.load_error = None
+        self._workers.add(worker)
+        await self._idle.put(worker)
+
+    async def stop(self) -> None:
+        self._closed = True
+        for task in list(self._starting):
+            task.cancel()
+        for worker in list(self._workers):
+            await worker.kill()
+        self._workers.clear()
+
+    async def _take(self) -> _Worker:
+        if self.load_error and not self._workers and not self._starting:
+            raise RunFailed(self.load_error)
+        try:
+            return await asyncio.wait_for(self._idle.get(), self.timeout)
+        except asyncio.TimeoutError as error:
+            raise RunTimeout(
+                f"no {self.api.name} worker was free within {self.timeout:g} s"
+            ) from error
+
+    async def _retire(self, worker: _Worker) -> None:
+        self._workers.discard(worker)
+        await worker.kill()
+        self._spawn()
+
+    async def run(self, inputs: list[str]) -> BatchResult:
+        for attempt in (1, 2):
+            worker = await self._take()
+            try:
+                reply = await asyncio.wait_for(worker.call(inputs), self.timeout)
+            except asyncio.TimeoutError as error:
+                await self._retire(worker)
+                raise RunTimeout(
+                    f"{self.api.name} did not finish within {self.timeout:g} s"
+                ) from error
+            except RunFailed:
+                await self._retire(worker)
+                if attempt == 2:
+                    raise
+                logger.warning("a %s worker died; retrying its batch once", self.api.name)
+                continue
+            except asyncio.CancelledError:
+                await self._retire(worker)
+                raise
+            await self._idle.put(worker)
+            if not reply.get("ok"):
+                raise RunFailed(f"{self.api.name} failed", str(reply.get("error", "")))
+            rows = reply.get("rows")
+            if not isinstance(rows, list) or len(rows) != len(inputs):
+                raise RunFailed(f"the {self.api.name} model returned the wrong number of rows")
+            errors = {int(k): str(v) for k, v in dict(reply.get("errors") or {}).items()}
+            return BatchResult(rows=rows, errors=errors)
+        raise AssertionError("unreachable")

@@ -1,0 +1,106 @@
+"""A served model: one engine per API, and typed predictions for the HTTP layer."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ersilia_pack.runtime.bundle import ApiDefinition, Bundle
+from ersilia_pack.runtime.engine import ApiEngine
+from ersilia_pack.runtime.io import type_rows
+from ersilia_pack.runtime.runners import RunError, Runner, RunTimeout, ScriptRunner, WorkerPool
+from ersilia_pack.runtime.settings import ServeSettings
+
+logger = logging.getLogger("ersilia_pack.runtime")
+
+DEFAULT_BATCH = {"sh": 1000, "py": 256}
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s/:'\"]+)+/([^\s/:'\"]+)")
+
+
+def public_reason(detail: str, stderr_tail: str = "") -> str:
+    """A failure reason fit for a caller: the last line of stderr, without file paths."""
+    last = next((line.strip() for line in reversed(stderr_tail.splitlines()) if line.strip()), "")
+    text = f"{detail}: {last}" if last else detail
+    return _PATH.sub(r"\1", text)[:500]
+
+
+class PredictionError(Exception):
+    """A request the model could not answer; carries the HTTP status and a safe detail."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+@dataclass
+class Prediction:
+    """Typed rows for a request, in input order, and why any null row is null."""
+
+    rows: list[list[Any] | None]
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def make_runner(bundle: Bundle, api: ApiDefinition, settings: ServeSettings) -> Runner:
+    """The runner an API gets: load-once workers for ``.py``, a script per run for ``.sh``."""
+    if api.kind == "py":
+        return WorkerPool(bundle, api, size=settings.workers, timeout=settings.timeout)
+    return ScriptRunner(bundle, api, concurrency=settings.workers, timeout=settings.timeout)
+
+
+class ModelService:
+    """Everything the app does with the model, independent of HTTP."""
+
+    def __init__(self, bundle: Bundle, settings: ServeSettings) -> None:
+        self.bundle = bundle
+        self.settings = settings
+        self.engines: dict[str, ApiEngine] = {}
+        for api in bundle.manifest.apis:
+            size = settings.batch_size or DEFAULT_BATCH[api.kind]
+            self.engines[api.name] = ApiEngine(
+                make_runner(bundle, api, settings),
+                batch_size=size,
+                batch_wait=settings.batch_wait_ms / 1000,
+                probe_input=api.example_input[0] if api.example_input else None,
+            )
+
+    @property
+    def ready(self) -> bool:
+        return all(engine.ready for engine in self.engines.values())
+
+    async def start(self) -> None:
+        for engine in self.engines.values():
+            await engine.start()
+
+    async def stop(self) -> None:
+        for engine in self.engines.values():
+            await engine.stop()
+
+    async def predict(
+        self,
+        api_name: str,
+        inputs: list[str],
+        *,
+        fetch_cache: bool = True,
+        save_cache: bool = True,
+        cache_only: bool = False,
+    ) -> Prediction:
+        """Run inputs through an API; PredictionError when the model itself fails."""
+        api = self.bundle.apis[api_name]
+        try:
+            outcomes = await self.engines[api_name].predict(inputs)
+        except RunTimeout as error:
+            raise PredictionError(504, public_reason(error.detail)) from error
+        except RunError as error:
+            logger.error("%s failed: %s\n%s", api_name, error.detail, error.stderr_tail)
+            raise PredictionError(502, public_reason(error.detail, error.stderr_tail)) from error
+        errors = {i: outcome.error for i, outcome in enumerate(outcomes) if outcome.error}
+        if errors and len(errors) == len(outcomes) and not api.example_input:
+            # With no example input to tell a broken model from bad inputs, all failing is
+            # a model failure.
+            first = next(iter(errors.values()))
+            raise PredictionError(502, f"{api_name} failed on every input: {first}")
+        rows = type_rows([outcome.row for outcome in outcomes], api.columns)
+        return Prediction(rows=rows, errors=errors)

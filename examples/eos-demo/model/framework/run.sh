@@ -1,0 +1,1 @@
+python $1/code/descriptors.py $2 $3
