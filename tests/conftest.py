@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 DEMO = ROOT / "examples" / "eos-demo"
-DATA = ROOT.parent / "shared" / "data" / "smiles-50k-molweight.csv"
+_DATA_NAME = "smiles-50k-molweight.csv"
+# The shared data set lives beside the project, never inside it; ERSILIA_PACK_TEST_DATA
+# points elsewhere when the clone is not next to it.
+DATA = next(
+    (
+        folder / _DATA_NAME
+        for folder in (
+            Path(os.environ.get("ERSILIA_PACK_TEST_DATA", ROOT.parent / "shared" / "data")),
+            Path("/work/shared/data"),
+        )
+        if (folder / _DATA_NAME).is_file()
+    ),
+    ROOT.parent / "shared" / "data" / _DATA_NAME,
+)
 
 
 @pytest.fixture
