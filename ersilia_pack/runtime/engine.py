@@ -48,6 +48,9 @@ class ApiEngine:
         self.batch_wait = batch_wait
         self.probe_input = probe_input
         self._pending: OrderedDict[str, list[asyncio.Future[Outcome]]] = OrderedDict()
+        self._background: OrderedDict[str, list[asyncio.Future[Outcome]]] = OrderedDict()
+        self._background_limit = max(1, runner.concurrency - 1)
+        self._background_running = 0
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(runner.concurrency)
         self._dispatcher: asyncio.Task[None] | None = None
@@ -72,48 +75,70 @@ class ApiEngine:
         await asyncio.gather(*self._running, return_exceptions=True)
         await self.runner.stop()
 
-    async def predict(self, inputs: list[str]) -> list[Outcome]:
-        """One outcome per input, in order; duplicates are computed once."""
+    async def predict(self, inputs: list[str], *, background: bool = False) -> list[Outcome]:
+        """One outcome per input, in order; duplicates are computed once.
+
+        Background work (jobs) waits behind interactive requests and never holds every slot.
+        """
         loop = asyncio.get_running_loop()
+        queue = self._background if background else self._pending
         futures: dict[str, asyncio.Future[Outcome]] = {}
         for value in inputs:
             if value not in futures:
                 future: asyncio.Future[Outcome] = loop.create_future()
                 futures[value] = future
-                self._pending.setdefault(value, []).append(future)
+                queue.setdefault(value, []).append(future)
         self._wakeup.set()
         try:
             await asyncio.gather(*futures.values())
         finally:
-            self._forget(futures)
+            self._forget(queue, futures)
         return [futures[value].result() for value in inputs]
 
-    def _forget(self, futures: dict[str, asyncio.Future[Outcome]]) -> None:
+    @staticmethod
+    def _forget(
+        queue: OrderedDict[str, list[asyncio.Future[Outcome]]],
+        futures: dict[str, asyncio.Future[Outcome]],
+    ) -> None:
         """Drop a cancelled request's inputs that no run has taken yet."""
         for value, future in futures.items():
-            waiting = self._pending.get(value)
+            waiting = queue.get(value)
             if waiting and future in waiting:
                 waiting.remove(future)
                 if not waiting:
-                    del self._pending[value]
+                    del queue[value]
+
+    def _next_queue(self) -> OrderedDict[str, list[asyncio.Future[Outcome]]] | None:
+        if self._pending:
+            return self._pending
+        if self._background and self._background_running < self._background_limit:
+            return self._background
+        return None
 
     async def _dispatch_forever(self) -> None:
         while True:
             await self._slots.acquire()
-            while not self._pending:
+            queue = self._next_queue()
+            while queue is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self.batch_wait and len(self._pending) < self.batch_size:
+                queue = self._next_queue()
+            if self.batch_wait and queue is self._pending and len(queue) < self.batch_size:
                 await asyncio.sleep(self.batch_wait)
             batch: OrderedDict[str, list[asyncio.Future[Outcome]]] = OrderedDict()
-            while self._pending and len(batch) < self.batch_size:
-                value, waiting = self._pending.popitem(last=False)
+            while queue and len(batch) < self.batch_size:
+                value, waiting = queue.popitem(last=False)
                 batch[value] = waiting
-            task = asyncio.create_task(self._run_batch(batch))
+            background = queue is self._background
+            if background:
+                self._background_running += 1
+            task = asyncio.create_task(self._run_batch(batch, background))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _run_batch(self, batch: OrderedDict[str, list[asyncio.Future[Outcome]]]) -> None:
+    async def _run_batch(
+        self, batch: OrderedDict[str, list[asyncio.Future[Outcome]]], background: bool = False
+    ) -> None:
         try:
             inputs = list(batch)
             try:
@@ -129,6 +154,9 @@ class ApiEngine:
                     if not future.done():
                         future.set_result(outcome)
         finally:
+            if background:
+                self._background_running -= 1
+                self._wakeup.set()
             self._slots.release()
 
     async def _run_once(self, inputs: list[str]) -> BatchResult:

@@ -86,11 +86,12 @@ class ModelService:
         fetch_cache: bool = True,
         save_cache: bool = True,
         cache_only: bool = False,
+        background: bool = False,
     ) -> Prediction:
         """Run inputs through an API; PredictionError when the model itself fails."""
         api = self.bundle.apis[api_name]
         try:
-            outcomes = await self.engines[api_name].predict(inputs)
+            outcomes = await self.engines[api_name].predict(inputs, background=background)
         except RunTimeout as error:
             raise PredictionError(504, public_reason(error.detail)) from error
         except RunError as error:
