@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ersilia_pack.runtime.bundle import ApiDefinition, load_bundle
+from ersilia_pack.runtime.bundle import ApiDefinition, Bundle, load_bundle
 from ersilia_pack.runtime.columns import convert_value
+from ersilia_pack.runtime.engine import ApiEngine
+from ersilia_pack.runtime.io import type_rows
+from ersilia_pack.runtime.runners import RunError, WarmScriptRunner
 from ersilia_pack.runtime.service import ModelService, PredictionError
 from ersilia_pack.runtime.settings import ServeSettings
+
+logger = logging.getLogger("ersilia_pack")
 
 RELATIVE_TOLERANCE = 1e-4
 MAX_REPORTED = 10
@@ -24,6 +30,7 @@ class CheckReport:
     checked: list[str] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    warm: dict[str, bool] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -37,6 +44,43 @@ def same_value(expected: Any, actual: Any) -> bool:
     if isinstance(expected, (int, float)) and isinstance(actual, (int, float)):
         return math.isclose(expected, actual, rel_tol=RELATIVE_TOLERANCE, abs_tol=1e-12)
     return bool(expected == actual)
+
+
+def same_rows(first: list[list[Any] | None], second: list[list[Any] | None]) -> bool:
+    """Two typed results agree row by row and value by value."""
+    if len(first) != len(second):
+        return False
+    for left, right in zip(first, second):
+        if left is None or right is None:
+            if left is not right:
+                return False
+        elif len(left) != len(right) or not all(map(same_value, left, right)):
+            return False
+    return True
+
+
+async def warm_agrees(
+    bundle: Bundle, api: ApiDefinition, cold_rows: list[list[Any] | None], timeout: float
+) -> bool:
+    """Run the example input warm; True only when it gives exactly what the cold run gave."""
+    engine = ApiEngine(
+        WarmScriptRunner(bundle, api, concurrency=1, timeout=timeout),
+        batch_size=len(api.example_input),
+    )
+    await engine.start()
+    try:
+        outcomes = await engine.predict(api.example_input)
+    except RunError as error:
+        logger.info("%s runs cold: its warm run failed (%s)", api.name, error.detail)
+        return False
+    finally:
+        await engine.stop()
+    warm_rows = type_rows([outcome.row for outcome in outcomes], api.columns)
+    if not same_rows(cold_rows, warm_rows):
+        logger.info("%s runs cold: its warm run differs from the cold run", api.name)
+        return False
+    logger.info("%s runs warm: its warm run matches the cold run", api.name)
+    return True
 
 
 def compare(api: ApiDefinition, rows: list[list[Any] | None]) -> list[str]:
@@ -55,7 +99,7 @@ def compare(api: ApiDefinition, rows: list[list[Any] | None]) -> list[str]:
     return differences
 
 
-async def _check(bundle_dir: Path, settings: ServeSettings) -> CheckReport:
+async def _check(bundle_dir: Path, settings: ServeSettings, *, warm: bool) -> CheckReport:
     bundle = load_bundle(bundle_dir)
     report = CheckReport()
     service = ModelService(bundle, settings)
@@ -72,12 +116,19 @@ async def _check(bundle_dir: Path, settings: ServeSettings) -> CheckReport:
             report.checked.append(api.name)
             if api.example_output:
                 report.differences.extend(compare(api, prediction.rows))
+            if api.warm_script and warm:
+                report.warm[api.name] = await warm_agrees(
+                    bundle, api, prediction.rows, settings.timeout
+                )
     finally:
         await service.stop()
     return report
 
 
-def check_examples(bundle_dir: Path, *, timeout: float = 600.0) -> CheckReport:
-    """Run every API of a bundle on its example input and compare with its example output."""
+def check_examples(bundle_dir: Path, *, timeout: float = 600.0, warm: bool = True) -> CheckReport:
+    """Run every API of a bundle on its example input and compare with its example output.
+
+    Legacy scripts of the warm shape also run warm; ``report.warm`` says where both agree.
+    """
     settings = ServeSettings(workers=1, timeout=timeout, cold=True)
-    return asyncio.run(_check(bundle_dir, settings))
+    return asyncio.run(_check(bundle_dir, settings, warm=warm))

@@ -6,6 +6,7 @@ import ast
 import csv
 import hashlib
 import os
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
@@ -137,6 +138,42 @@ def _load_once_class(path: Path) -> str | None:
     return None
 
 
+_PYTHONS = ("python", "python3")
+_FRAMEWORK_ARGS = ("$1", "${1}")
+_FILE_ARGS = (["$2", "$3"], ["${2}", "${3}"])
+
+
+def warm_script(framework: Path, script: str) -> str | None:
+    """The Python script of a ``python <script>.py $2 $3`` API, relative to the framework.
+
+    Only that exact shape (with or without ``$1/``, quotes or a final newline) can run warm;
+    anything else runs cold.
+    """
+    text = (framework / script).read_text(encoding="utf-8", errors="replace")
+    lines = [line.strip() for line in text.splitlines()]
+    commands = [line for line in lines if line and not line.startswith("#")]
+    if len(commands) != 1:
+        return None
+    try:
+        words = shlex.split(commands[0])
+    except ValueError:
+        return None
+    if words[:1] == ["exec"]:
+        words = words[1:]
+    if len(words) != 4 or words[0] not in _PYTHONS or words[2:] not in _FILE_ARGS:
+        return None
+    target = words[1]
+    for prefix in _FRAMEWORK_ARGS:
+        if target.startswith(prefix + "/"):
+            target = target[len(prefix) + 1 :]
+    if "$" in target or not target.endswith(".py"):
+        return None
+    path = (framework / target).resolve()
+    if not path.is_file() or framework.resolve() not in path.parents:
+        return None
+    return path.relative_to(framework.resolve()).as_posix()
+
+
 def _split_example_output(
     rows: list[list[str]], columns: list[Column]
 ) -> tuple[list[str], list[list[str]]]:
@@ -200,6 +237,7 @@ def _read_api(
         kind=kind,
         script=script,
         class_name=class_name,
+        warm_script=warm_script(framework, script) if kind == "sh" else None,
         columns=columns,
         example_input=example_input,
         example_output=example_output,

@@ -15,8 +15,8 @@ from ersilia_pack.install import get_backend
 from ersilia_pack.install.base import EnvRequest, install
 from ersilia_pack.install.venv import ENVS_DIR
 from ersilia_pack.model_dir import ModelSpec, read_model_dir
-from ersilia_pack.render import new_tag, render_bundle
-from ersilia_pack.runtime.bundle import MANIFEST, TAG_PATTERN, InstallRecord
+from ersilia_pack.render import new_tag, render_bundle, write_manifest
+from ersilia_pack.runtime.bundle import MANIFEST, TAG_PATTERN, InstallRecord, load_bundle
 
 logger = logging.getLogger("ersilia_pack")
 DEFAULT_KEEP = 3
@@ -77,8 +77,18 @@ def prune(model_repo: Path, keep: int) -> list[Path]:
     return removed
 
 
-def _run_check(staging: Path, *, strict: bool) -> list[str]:
-    report = check_examples(staging)
+def _enable_warm(staging: Path, warm: dict[str, bool]) -> None:
+    """Record in the manifest which legacy APIs run warm (those whose warm run agreed)."""
+    bundle = load_bundle(staging)
+    manifest = bundle.manifest
+    for api in manifest.apis:
+        api.warm = warm.get(api.name, False)
+    write_manifest(staging, manifest)
+
+
+def _run_check(staging: Path, *, strict: bool, warm: bool) -> list[str]:
+    report = check_examples(staging, warm=warm)
+    _enable_warm(staging, report.warm)
     problems = report.failures + report.differences
     if not problems:
         if report.checked:
@@ -103,6 +113,7 @@ def pack(
     force: bool = False,
     strict: bool = False,
     check: bool = True,
+    warm: bool = True,
     keep: int = DEFAULT_KEEP,
 ) -> PackResult:
     """Pack a model directory into ``<repository_root>/<MODEL_ID>/<tag>/``.
@@ -136,7 +147,7 @@ def pack(
         )
         logger.info("rendering the bundle")
         render_bundle(spec, staging, tag=tag, environment=prepared.environment, install=record)
-        warnings = _run_check(staging, strict=strict) if check else []
+        warnings = _run_check(staging, strict=strict, warm=warm) if check else []
         shutil.rmtree(staging / "state", ignore_errors=True)
         (staging / "status.json").write_text(json.dumps({"done": True}) + "\n")
         final = model_repo / tag
@@ -147,7 +158,7 @@ def pack(
             shutil.rmtree(model_repo, ignore_errors=True)
         raise
     prune(model_repo, keep)
-    logger.info("packed %s into %s", spec.model_id, final)
+    logger.debug("packed %s into %s", spec.model_id, final)
     return PackResult(bundle_dir=final, model_id=spec.model_id, tag=tag, warnings=warnings)
 
 

@@ -224,6 +224,7 @@ def render_bundle(
     (app_dir / "main.py").write_text(render_template("app/main.py.j2", context))
     (app_dir / "schemas.py").write_text(render_template("app/schemas.py.j2", context))
     (app_dir / "worker.py").write_text(render_template("app/worker.py.j2", context))
+    (app_dir / "warm.py").write_text(render_template("app/warm.py.j2", context))
     examples_dir = app_dir / "examples"
     examples_dir.mkdir(exist_ok=True)
     for api, api_context in zip(spec.apis, context.apis):

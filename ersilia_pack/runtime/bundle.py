@@ -28,6 +28,7 @@ class ApiDefinition(BaseModel):
     columns: list[Column] = []
     example_input: list[str] = []
     example_output: list[list[str]] = []
+    warm_script: str | None = None
     warm: bool = False
 
     @property

@@ -211,12 +211,12 @@ def _pack(payload: dict[str, Any]) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-class _Worker:
-    """One load-once worker process on the model environment's interpreter."""
+class _Helper:
+    """One long-lived process on the model environment's interpreter, speaking JSON frames."""
 
-    def __init__(self, process: asyncio.subprocess.Process, api: str) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, name: str) -> None:
         self.process = process
-        self.api = api
+        self.name = name
         self.stderr: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._drain = asyncio.create_task(self._drain_stderr())
 
@@ -225,7 +225,7 @@ class _Worker:
         async for raw in self.process.stderr:
             line = raw.decode("utf-8", errors="replace").rstrip()
             self.stderr.append(line)
-            logger.info("[%s worker %d] %s", self.api, self.process.pid, line)
+            logger.info("[%s %d] %s", self.name, self.process.pid, line)
 
     async def receive(self) -> dict[str, Any]:
         assert self.process.stdout is not None
@@ -235,18 +235,19 @@ class _Worker:
             return dict(json.loads(await self.process.stdout.readexactly(size)))
         except (asyncio.IncompleteReadError, ConnectionError) as error:
             await self.process.wait()
+            await asyncio.sleep(0)  # let the last stderr lines arrive
             raise RunFailed(
-                f"the {self.api} worker exited with code {self.process.returncode}",
+                f"the {self.name} process exited with code {self.process.returncode}",
                 "\n".join(self.stderr),
             ) from error
 
-    async def call(self, inputs: list[str]) -> dict[str, Any]:
+    async def call(self, payload: dict[str, Any]) -> dict[str, Any]:
         assert self.process.stdin is not None
         try:
-            self.process.stdin.write(_pack({"inputs": inputs}))
+            self.process.stdin.write(_pack(payload))
             await self.process.stdin.drain()
         except (ConnectionError, BrokenPipeError) as error:
-            raise RunFailed(f"the {self.api} worker is gone", "\n".join(self.stderr)) from error
+            raise RunFailed(f"the {self.name} process is gone", "\n".join(self.stderr)) from error
         return await self.receive()
 
     async def kill(self) -> None:
@@ -258,40 +259,47 @@ class _Worker:
             await self._drain
 
 
-class WorkerPool:
-    """Load-once workers for a ``<api>.py`` API: ``load()`` once, then batches over a pipe.
+class ProcessPool:
+    """A pool of helper processes that load once and then answer one frame at a time each.
 
-    A worker that dies is replaced; the batch it held is retried once on another worker.
+    Processes start in the background; a call waits for an idle one. A process that dies is
+    replaced and the call is retried once on another; one that runs out of time is killed
+    (with everything it started) and replaced.
     """
 
-    def __init__(self, bundle: Bundle, api: ApiDefinition, *, size: int, timeout: float):
-        self.bundle = bundle
-        self.api = api
-        self.concurrency = size
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        size: int,
+        timeout: float,
+        env: dict[str, str],
+        cwd: Path,
+    ) -> None:
+        self.name = name
+        self.command = command
+        self.size = size
         self.timeout = timeout
-        self._env = model_env(bundle)
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
-        self._workers: set[_Worker] = set()
+        self._env = env
+        self._cwd = cwd
+        self._idle: asyncio.Queue[_Helper] = asyncio.Queue()
+        self._helpers: set[_Helper] = set()
         self._starting: set[asyncio.Task[None]] = set()
         self._closed = False
         self.load_error: str | None = None
+        self.replaced = 0
 
     @property
     def ready(self) -> bool:
-        return any(worker.process.returncode is None for worker in self._workers)
+        return any(helper.process.returncode is None for helper in self._helpers)
 
-    def command(self) -> list[str]:
-        framework = self.bundle.framework_dir
-        return [
-            self.bundle.manifest.environment.python,
-            str(self.bundle.path / "app" / "worker.py"),
-            str(framework / self.api.script),
-            self.api.class_name or "",
-            json.dumps(self.api.column_names),
-        ]
+    @property
+    def pids(self) -> list[int]:
+        return [helper.process.pid for helper in self._helpers]
 
     async def start(self) -> None:
-        for _ in range(self.concurrency):
+        for _ in range(self.size):
             self._spawn()
 
     def _spawn(self) -> None:
@@ -303,79 +311,182 @@ class WorkerPool:
 
     async def _start_one(self) -> None:
         process = await asyncio.create_subprocess_exec(
-            *self.command(),
-            cwd=self.bundle.framework_dir,
+            *self.command,
+            cwd=self._cwd,
             env=self._env,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
-        worker = _Worker(process, self.api.name)
+        helper = _Helper(process, self.name)
         try:
-            hello = await asyncio.wait_for(worker.receive(), self.timeout)
+            hello = await asyncio.wait_for(helper.receive(), self.timeout)
         except (RunFailed, asyncio.TimeoutError) as error:
-            await worker.kill()
-            self.load_error = f"the {self.api.name} worker failed to load: {error}"
-            logger.error("%s\n%s", self.load_error, "\n".join(worker.stderr))
+            await helper.kill()
+            reason = str(error) or "it did not answer in time"
+            self.load_error = f"the {self.name} process failed to start: {reason}"
+            logger.error("%s\n%s", self.load_error, "\n".join(helper.stderr))
             return
         if not hello.get("ready"):
-            await worker.kill()
-            self.load_error = f"the {self.api.name} model failed to load: {hello.get('error')}"
-            logger.error(self.load_error)
+            await helper.kill()
+            self.load_error = f"the {self.name} model failed to load"
+            logger.error("%s:\n%s", self.load_error, hello.get("error", ""))
             return
         self.load_error = None
-        self._workers.add(worker)
-        await self._idle.put(worker)
+        self._helpers.add(helper)
+        await self._idle.put(helper)
 
     async def stop(self) -> None:
         self._closed = True
         for task in list(self._starting):
             task.cancel()
-        for worker in list(self._workers):
-            await worker.kill()
-        self._workers.clear()
+        await asyncio.gather(*self._starting, return_exceptions=True)
+        for helper in list(self._helpers):
+            await helper.kill()
+        self._helpers.clear()
 
-    async def _take(self) -> _Worker:
-        if self.load_error and not self._workers and not self._starting:
-            raise RunFailed(self.load_error)
-        try:
-            return await asyncio.wait_for(self._idle.get(), self.timeout)
-        except asyncio.TimeoutError as error:
-            raise RunTimeout(
-                f"no {self.api.name} worker was free within {self.timeout:g} s"
-            ) from error
+    async def _take(self) -> _Helper:
+        while True:
+            if self.load_error and not self._helpers and not self._starting:
+                raise RunFailed(self.load_error)
+            try:
+                helper = await asyncio.wait_for(self._idle.get(), self.timeout)
+            except asyncio.TimeoutError as error:
+                raise RunTimeout(
+                    f"no {self.name} process was free within {self.timeout:g} s"
+                ) from error
+            if helper.process.returncode is None:
+                return helper
+            await self._retire(helper)  # died while idle
 
-    async def _retire(self, worker: _Worker) -> None:
-        self._workers.discard(worker)
-        await worker.kill()
+    async def _retire(self, helper: _Helper) -> None:
+        self._helpers.discard(helper)
+        await helper.kill()
+        self.replaced += 1
         self._spawn()
 
-    async def run(self, inputs: list[str]) -> BatchResult:
+    async def call(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send one frame to an idle process and return its answer."""
         for attempt in (1, 2):
-            worker = await self._take()
+            helper = await self._take()
             try:
-                reply = await asyncio.wait_for(worker.call(inputs), self.timeout)
+                reply = await asyncio.wait_for(helper.call(payload), self.timeout)
             except asyncio.TimeoutError as error:
-                await self._retire(worker)
-                raise RunTimeout(
-                    f"{self.api.name} did not finish within {self.timeout:g} s"
-                ) from error
+                await self._retire(helper)
+                raise RunTimeout(f"{self.name} did not finish within {self.timeout:g} s") from error
             except RunFailed:
-                await self._retire(worker)
+                await self._retire(helper)
                 if attempt == 2:
                     raise
-                logger.warning("a %s worker died; retrying its batch once", self.api.name)
+                logger.warning("a %s process died; retrying its batch once", self.name)
                 continue
             except asyncio.CancelledError:
-                await self._retire(worker)
+                await self._retire(helper)
                 raise
-            await self._idle.put(worker)
-            if not reply.get("ok"):
-                raise RunFailed(f"{self.api.name} failed", str(reply.get("error", "")))
-            rows = reply.get("rows")
-            if not isinstance(rows, list) or len(rows) != len(inputs):
-                raise RunFailed(f"the {self.api.name} model returned the wrong number of rows")
-            errors = {int(k): str(v) for k, v in dict(reply.get("errors") or {}).items()}
-            return BatchResult(rows=rows, errors=errors)
+            await self._idle.put(helper)
+            return reply
         raise AssertionError("unreachable")
+
+
+class LoadOnceRunner:
+    """A ``<api>.py`` API: workers call ``load()`` once, then answer batches over a pipe."""
+
+    def __init__(self, bundle: Bundle, api: ApiDefinition, *, size: int, timeout: float):
+        self.api = api
+        self.concurrency = size
+        command = [
+            bundle.manifest.environment.python,
+            str(bundle.path / "app" / "worker.py"),
+            str(bundle.framework_dir / api.script),
+            api.class_name or "",
+            json.dumps(api.column_names),
+        ]
+        self.pool = ProcessPool(
+            f"{api.name} worker",
+            command,
+            size=size,
+            timeout=timeout,
+            env=model_env(bundle),
+            cwd=bundle.framework_dir,
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.pool.ready
+
+    async def start(self) -> None:
+        await self.pool.start()
+
+    async def stop(self) -> None:
+        await self.pool.stop()
+
+    async def run(self, inputs: list[str]) -> BatchResult:
+        reply = await self.pool.call({"inputs": inputs})
+        if not reply.get("ok"):
+            raise RunFailed(f"{self.api.name} failed", str(reply.get("error", "")))
+        rows = reply.get("rows")
+        if not isinstance(rows, list) or len(rows) != len(inputs):
+            raise RunFailed(f"the {self.api.name} model returned the wrong number of rows")
+        errors = {int(k): str(v) for k, v in dict(reply.get("errors") or {}).items()}
+        return BatchResult(rows=rows, errors=errors)
+
+
+class WarmScriptRunner(ScriptRunner):
+    """A legacy ``python <script>.py $2 $3`` API run warm.
+
+    A warm process per slot has imported the script's imports and run it once on the
+    example input (so lazy imports and caches are loaded), and keeps a child forked ahead;
+    each run is that child executing the script as ``__main__``. Files, timeouts and output
+    checks are the cold runner's.
+    """
+
+    WARM_UP_ROWS = 5
+
+    def __init__(self, bundle: Bundle, api: ApiDefinition, *, concurrency: int, timeout: float):
+        super().__init__(bundle, api, concurrency=concurrency, timeout=timeout)
+        if not api.warm_script:
+            raise ValueError(f"{api.name} has no warm script")
+        self.script = str(bundle.framework_dir / api.warm_script)
+        self._warm_up_dir: Path | None = None
+        self.pool = ProcessPool(
+            f"{api.name} warm runner",
+            [bundle.manifest.environment.python, str(bundle.path / "app" / "warm.py"), self.script],
+            size=concurrency,
+            timeout=timeout,
+            env=self._env,
+            cwd=bundle.framework_dir,
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.pool.ready
+
+    async def start(self) -> None:
+        await super().start()
+        if self.api.example_input:
+            folder = Path(tempfile.mkdtemp(prefix=f"{self.api.name}-warm-up-", dir=self._tmp_root))
+            write_input_csv(folder / "input.csv", self.api.example_input[: self.WARM_UP_ROWS])
+            self.pool.command += [
+                str(folder / "input.csv"),
+                str(folder / "output.csv"),
+                str(self.bundle.framework_dir),
+            ]
+            self._warm_up_dir = folder
+        await self.pool.start()
+
+    async def stop(self) -> None:
+        await self.pool.stop()
+        if self._warm_up_dir is not None:
+            shutil.rmtree(self._warm_up_dir, ignore_errors=True)
+
+    async def _execute(self, command: list[str]) -> None:
+        _, _, framework, input_csv, output_csv = command
+        log = Path(output_csv).with_name("run.log")
+        reply = await self.pool.call(
+            {"argv": [self.script, input_csv, output_csv], "cwd": framework, "log": str(log)}
+        )
+        code = int(reply.get("code", 1))
+        if code != 0:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            raise RunFailed(f"{self.api.name} exited with code {code}", tail(text))

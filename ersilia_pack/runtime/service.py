@@ -10,7 +10,14 @@ from typing import Any
 from ersilia_pack.runtime.bundle import ApiDefinition, Bundle
 from ersilia_pack.runtime.engine import ApiEngine
 from ersilia_pack.runtime.io import type_rows
-from ersilia_pack.runtime.runners import RunError, Runner, RunTimeout, ScriptRunner, WorkerPool
+from ersilia_pack.runtime.runners import (
+    LoadOnceRunner,
+    RunError,
+    Runner,
+    RunTimeout,
+    ScriptRunner,
+    WarmScriptRunner,
+)
 from ersilia_pack.runtime.settings import ServeSettings
 
 logger = logging.getLogger("ersilia_pack.runtime")
@@ -44,9 +51,12 @@ class Prediction:
 
 
 def make_runner(bundle: Bundle, api: ApiDefinition, settings: ServeSettings) -> Runner:
-    """The runner an API gets: load-once workers for ``.py``, a script per run for ``.sh``."""
+    """The runner an API gets: load-once workers for ``.py``; for ``.sh``, warm runs where the
+    pack-time check found them equal to cold runs, else a fresh process per run."""
     if api.kind == "py":
-        return WorkerPool(bundle, api, size=settings.workers, timeout=settings.timeout)
+        return LoadOnceRunner(bundle, api, size=settings.workers, timeout=settings.timeout)
+    if api.warm and api.warm_script and not settings.cold:
+        return WarmScriptRunner(bundle, api, concurrency=settings.workers, timeout=settings.timeout)
     return ScriptRunner(bundle, api, concurrency=settings.workers, timeout=settings.timeout)
 
 

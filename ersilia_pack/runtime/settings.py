@@ -15,7 +15,7 @@ class ServeSettings(BaseModel):
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     timeout: float = Field(default=600.0, gt=0, description="seconds one model run may take")
     batch_size: int = Field(default=0, ge=0, description="inputs per run; 0 picks per API kind")
-    batch_wait_ms: float = Field(default=1.0, ge=0)
+    batch_wait_ms: float = Field(default=0.0, ge=0, description="extra wait to merge requests")
     cold: bool = Field(default=False, description="run legacy scripts cold, never warm")
     api_key: str | None = Field(default=None, repr=False)
     max_body_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
