@@ -83,6 +83,9 @@ def parse_inputs(content_type: str, body: bytes) -> list[str]:
     if media == "application/x-www-form-urlencoded" and body.lstrip()[:1] in (b"[", b"{"):
         media = "application/json"  # curl -d without a content type: the body is JSON
     if media in ("", "application/json") or media.endswith("+json"):
+        if not body.strip():
+            # A missing body is a body of the wrong shape (as FastAPI answers), not bad JSON.
+            raise InputError('the body is empty: send a JSON list of inputs, e.g. ["CCO"]')
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as error:

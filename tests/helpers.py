@@ -1,0 +1,173 @@
+"""Helpers shared by the test suites: file trees, packed fixtures, and a served model.
+
+Import them as ``from helpers import ...`` (pytest puts ``tests/`` on ``sys.path`` because of
+``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from ersilia_pack.pack import pack
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+UVICORN_LINE = re.compile(r"Uvicorn running on (http://\S+)")
+
+
+def write_tree(root: Path, files: Mapping[str, str]) -> Path:
+    """Write ``{relative path: text}`` under ``root`` (an inline model directory) and return it."""
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+def copy_fixture(name: str, target: Path) -> Path:
+    """A writable copy of ``tests/fixtures/<name>`` at ``target``."""
+    shutil.copytree(FIXTURES / name, target)
+    return target
+
+
+def pack_fixture(name: str, repository_root: Path, *, check: bool = True) -> Path:
+    """Pack ``tests/fixtures/<name>`` with the system backend; the new bundle's folder.
+
+    ``check=False`` skips the pack-time example run, for fixtures built to fail or hang.
+    """
+    result = pack(FIXTURES / name, backend="system", repository_root=repository_root, check=check)
+    return result.bundle_dir
+
+
+def console_script(name: str) -> str:
+    """The path of one of this package's console scripts, beside the running interpreter."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"console script {name} is not installed: pip install -e .")
+    return found
+
+
+def run_command(
+    name: str, *args: str | Path, timeout: float = 240, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a console script (``ersilia_pack`` ...) to the end, capturing its output."""
+    return subprocess.run(
+        [console_script(name), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+class ServerStartError(AssertionError):
+    """``ersilia_serve`` exited, or printed no uvicorn line, before it was serving."""
+
+
+@contextlib.contextmanager
+def served(
+    repository_dir: Path,
+    *args: str,
+    command: str = "ersilia_serve",
+    path_option: str = "--repository_dir",
+    startup_timeout: float = 60,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[str]:
+    """Serve a packed model with the real console script on a free port; yield its base URL.
+
+    The server starts in its own session; the URL comes from uvicorn's
+    ``Uvicorn running on http://HOST:PORT`` line on stderr, as the Ersilia client finds it.
+    Its whole process group is killed on the way out, whatever happened inside.
+    """
+    process = subprocess.Popen(
+        [console_script(command), path_option, str(repository_dir), "--port", "0", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    seen: list[str] = []
+
+    def drain() -> None:
+        # Keep reading for the server's whole life so a full pipe never blocks its logging.
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + startup_timeout
+        url = None
+        while url is None:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                line = ""
+                problem = f"printed no uvicorn line within {startup_timeout:g} s"
+            else:
+                problem = "" if line is not None else f"exited with code {process.wait(10)}"
+            if problem:
+                raise ServerStartError(f"{command} {problem}; its output:\n" + "".join(seen))
+            assert line is not None
+            seen.append(line)
+            match = UVICORN_LINE.search(line)
+            if match:
+                url = match.group(1)
+        yield url
+    finally:
+        # A polite stop first, so the server shuts its workers down; then nothing survives.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        reader.join(timeout=10)
+
+
+def processes_mentioning(marker: str) -> list[int]:
+    """Ids of live processes whose command line contains ``marker`` (read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until_gone(marker: str, within: float = 10) -> list[int]:
+    """Wait (at most ``within`` seconds) for processes mentioning ``marker`` to end; leftovers."""
+    deadline = time.monotonic() + within
+    while True:
+        left = processes_mentioning(marker)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
