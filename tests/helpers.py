@@ -19,7 +19,11 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from fastapi.testclient import TestClient
+
 from ersilia_pack.pack import pack
+from ersilia_pack.runtime.loader import create_bundle_app
+from ersilia_pack.runtime.settings import ServeSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -48,6 +52,33 @@ def pack_fixture(name: str, repository_root: Path, *, check: bool = True) -> Pat
     """
     result = pack(FIXTURES / name, backend="system", repository_root=repository_root, check=check)
     return result.bundle_dir
+
+
+def app_client(
+    bundle_dir: Path, *, workers: int = 2, timeout: float = 60, **settings: object
+) -> TestClient:
+    """A TestClient of a bundle's generated app; use it with ``with`` so start-up runs.
+
+    Settings are explicit (not read from ERSILIA_PACK_* variables) so tests do not depend on
+    the environment they run in.
+    """
+    app = create_bundle_app(
+        bundle_dir,
+        ServeSettings.model_validate({"workers": workers, "timeout": timeout, **settings}),
+    )
+    return TestClient(app)
+
+
+def wait_ready(client: TestClient, within: float = 60) -> dict[str, object]:
+    """Poll ``GET /readyz`` until it answers 200 (at most ``within`` seconds); its body."""
+    deadline = time.monotonic() + within
+    while True:
+        response = client.get("/readyz")
+        if response.status_code == 200 or time.monotonic() > deadline:
+            assert response.status_code == 200, response.text
+            body: dict[str, object] = response.json()
+            return body
+        time.sleep(0.05)
 
 
 def console_script(name: str) -> str:

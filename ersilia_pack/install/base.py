@@ -114,15 +114,17 @@ def run_step(step: InstallStep, command: list[str], environment: Environment, cw
             start_new_session=True,
         )
     except OSError as error:
-        raise InstallError(step.name, step.display(), 127, str(error)) from error
-    assert process.stdout is not None
-    for line in process.stdout:
-        line = line.rstrip()
-        recent.append(line)
-        logger.info("  [%s] %s", step.name, line)
-    code = process.wait()
+        raise InstallError(step.name, shown, 127, str(error)) from error
+    with process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            recent.append(line)
+            logger.info("  [%s] %s", step.name, line)
+        code = process.wait()
     if code != 0:
-        raise InstallError(step.name, step.display(), code, "\n".join(recent))
+        # A whole install.sh shows as "bash install.sh", not as every line of the script.
+        raise InstallError(step.name, shown, code, "\n".join(recent))
 
 
 def install(backend: Backend, request: EnvRequest, *, cwd: Path) -> PreparedEnv:

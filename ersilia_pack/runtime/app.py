@@ -109,12 +109,6 @@ def _add_shared_routes(app: FastAPI, bundle: Bundle) -> None:
     async def root() -> dict[str, str]:
         return {model_id: slug}
 
-    @app.api_route(
-        "/info",
-        methods=["GET", "POST", "HEAD"],
-        tags=["model"],
-        summary="Model information: card, APIs and their schema",
-    )
     async def info() -> dict[str, Any]:
         apis = list(bundle.apis)
         return {
@@ -125,6 +119,18 @@ def _add_shared_routes(app: FastAPI, bundle: Bundle) -> None:
             "apis_list": apis,
             "api_schema": bundle.api_schema,
         }
+
+    # One route per method: a route with several methods gives them all one operation id,
+    # which breaks the OpenAPI document (FastAPI warns "Duplicate Operation ID").
+    for method in ("GET", "POST", "HEAD"):
+        app.add_api_route(
+            "/info",
+            info,
+            methods=[method],
+            tags=["model"],
+            summary="Model information: card, APIs and their schema",
+            include_in_schema=method != "HEAD",
+        )
 
     @app.get("/card", tags=["model"], summary="The model's metadata card")
     async def card() -> dict[str, Any]:
