@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from ersilia_pack import __version__
 from ersilia_pack.runtime.bundle import Bundle, load_bundle
 from ersilia_pack.runtime.io import InputError, dumps, parse_inputs, shape
+from ersilia_pack.runtime.security import add_api_keys
 from ersilia_pack.runtime.service import ModelService, PredictionError
 from ersilia_pack.runtime.settings import ServeSettings
 
@@ -240,6 +241,7 @@ def build_app(bundle_dir: Path, settings: ServeSettings | None = None) -> FastAP
     )
     app.state.bundle = bundle
     app.state.settings = settings
+    add_api_keys(app, settings.api_key)  # innermost: refusals still get CORS and a request id
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

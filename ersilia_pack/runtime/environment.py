@@ -33,6 +33,7 @@ class Environment(BaseModel):
         env = dict(os.environ if base is None else base)
         env["PATH"] = os.pathsep.join([str(self.bin_dir), env.get("PATH", os.defpath)])
         env.pop("PYTHONHOME", None)
+        env.pop("ERSILIA_PACK_API_KEY", None)  # model code never needs the server's keys
         env.update(self.variables)
         # Scripts print through pipes; unbuffered output keeps logs in order.
         env.setdefault("PYTHONUNBUFFERED", "1")
