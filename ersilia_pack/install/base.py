@@ -54,14 +54,15 @@ class Backend:
         if self.runs_conda_steps:
             return
         for step in plan.steps:
-            if step.kind == "conda":
+            if step.kind == "conda" or step.uses_conda:
                 raise PlanError(
-                    f"install step '{step.name}' is a conda step ({step.display()}), which "
-                    f"--{self.name} cannot run: pack with --conda"
+                    f"install step '{step.name}' is a conda step ({step.display()[:200]}), "
+                    f"which --{self.name} cannot run: pack with --conda"
                 )
 
     def warn_python(self, plan: InstallPlan, have: str) -> None:
-        if plan.python and plan.python.strip() != have:
+        """Warn when the model asks for another Python (major.minor) than this backend has."""
+        if plan.python and ".".join(plan.python.strip().split(".")[:2]) != have:
             logger.warning(
                 "the model asks for Python %s but --%s uses Python %s; use --conda to get %s",
                 plan.python,

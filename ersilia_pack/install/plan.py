@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import platform
 import re
 import shlex
@@ -13,18 +15,41 @@ from pydantic import BaseModel
 
 from ersilia_pack.errors import Problem
 
+logger = logging.getLogger("ersilia_pack")
 StepKind = Literal["bash", "pip", "conda"]
-_SHELL_OPERATORS = ("&&", "||", ";", "|", ">", "<", "$(", "`")
-_PY_TAG = re.compile(r"py(3)(\d{1,2})\b")
+_SHELL_OPERATORS = frozenset({"&&", "||", ";", ";;", "|", "&", ">", ">>", "<", "<<", "(", ")"})
+# FROM tags such as bentoml/model-server:0.11.0-py310, ersiliaos/base:v1-py3.11 or -py38.
+_PY_TAG = re.compile(r"py(3)\.?(\d{1,2})\b")
+_CONDA_COMMAND = re.compile(
+    r"(?:^|[;&|(]\s*|\bsudo\s+)(?:conda|mamba|micromamba)\s+(?:install|create)\b", re.MULTILINE
+)
+_TEXT_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float", "timestamp")
+)
+
+
+class _TextLoader(yaml.SafeLoader):
+    """Reads plain scalars as the text written: ``python: 3.10`` stays "3.10", not 3.1."""
+
+
+_TextLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _TEXT_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 class InstallStep(BaseModel):
-    """One step: a bash script, ``pip install <args>`` or ``conda install <args>``."""
+    """One step: a bash script, ``pip install <args>`` or ``conda install <args>``.
+
+    ``uses_conda`` marks a bash line that calls ``conda install`` itself, which only the conda
+    backend can run.
+    """
 
     name: str
     kind: StepKind
     args: list[str] = []
     script: str = ""
+    uses_conda: bool = False
 
     def display(self) -> str:
         """The step as a person would type it."""
@@ -55,35 +80,87 @@ class InstallPlan(BaseModel):
         return "\n".join(lines) + "\n"
 
 
-def _pip_step(name: str, args: list[str]) -> InstallStep:
-    return InstallStep(name=name, kind="pip", args=args)
+def _bash_step(name: str, script: str) -> InstallStep:
+    return InstallStep(
+        name=name, kind="bash", script=script, uses_conda=bool(_CONDA_COMMAND.search(script))
+    )
+
+
+def _words(items: list[str]) -> list[str]:
+    """List items split like a shell would ("--index-url URL" is two words)."""
+    return [word for item in items for word in shlex.split(item)]
+
+
+def _requirement(package: str, version: str) -> str:
+    """``name==version``; a version with its own operator (``>=1.2``) or a URL stays as it is."""
+    if not version or package.startswith(("git+", "http://", "https://", "file:", ".", "/")):
+        return package
+    if version[0] in "=<>!~":
+        return f"{package}{version}"
+    return f"{package}=={version}"
 
 
 def _yml_pip(item: list[str]) -> list[str]:
-    if len(item) == 1:
-        return [item[0]]
+    """``[name, version, *flags]`` (version may be empty), ``[url]``, or raw pip arguments."""
+    if item[0] == "install":
+        item = item[1:]
+    if len(item) == 1 or item[0].startswith("-"):
+        return _words(item)
     package, version, *flags = item
-    requirement = package
-    if version and not package.startswith(("git+", "http://", "https://", "file:")):
-        requirement = f"{package}=={version}" if version[0].isdigit() else f"{package}{version}"
-    extra = [token for flag in flags for token in shlex.split(str(flag))]
-    return [requirement, *extra]
+    return [_requirement(package, version.strip()), *_words(flags)]
+
+
+def _conda_spec(package: str, version: str) -> str:
+    if not version:
+        return package
+    return f"{package}{version}" if version[0] in "=<>!~" else f"{package}={version}"
+
+
+def _conda_args(words: list[str]) -> list[str]:
+    """Raw ``conda install`` arguments with exactly one ``-y`` at the end."""
+    return [*(word for word in words if word not in ("-y", "--yes")), "-y"]
 
 
 def _yml_conda(item: list[str]) -> list[str]:
-    package, version, rest = item[0], item[1] if len(item) > 1 else "", item[2:]
-    spec = f"{package}={version}" if version else package
-    args: list[str] = []
-    if rest and rest[0] and not rest[0].startswith("-"):
-        args += ["-c", rest[0]]
-        rest = rest[1:]
-    return [*args, spec, *[token for flag in rest for token in shlex.split(str(flag))], "-y"]
+    """``[name, version, *channels]`` (the longer forms add channels or flags), or raw arguments.
+
+    ``["conda", "rdkit", "2023.9.1", "conda-forge", "bioconda"]`` is
+    ``conda install -c conda-forge -c bioconda rdkit=2023.9.1 -y``.
+    """
+    if item[0] == "install" or item[0].startswith("-"):
+        return _conda_args(_words(item[1:] if item[0] == "install" else item))
+    package, version, rest = item[0], item[1].strip() if len(item) > 1 else "", _words(item[2:])
+    channels: list[str] = []
+    flags: list[str] = []
+    position = 0
+    while position < len(rest):
+        word = rest[position]
+        if word in ("-c", "--channel") and position + 1 < len(rest):
+            channels += ["-c", rest[position + 1]]
+            position += 1
+        elif word.startswith("-"):
+            flags.append(word)
+        elif word:
+            channels += ["-c", word]
+        position += 1
+    return _conda_args([*channels, _conda_spec(package, version), *flags])
 
 
-def plan_from_yml(path: Path, problems: list[Problem]) -> InstallPlan:
-    """``install.yml``: ``python: "3.x"`` and ``commands:`` (lists or bash strings)."""
+def _plain_number(text: str, key: str) -> bool:
+    """True when ``key`` of a YAML mapping is written unquoted (YAML would read 3.10 as 3.1)."""
+    node = yaml.compose(text, Loader=_TextLoader)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if key_node.value == key and isinstance(value_node, yaml.ScalarNode):
+                return value_node.style is None
+    return False
+
+
+def _read_yml(path: Path, problems: list[Problem]) -> Any:
+    """The YAML of ``path`` with scalars kept as written; None (and a problem) when invalid."""
+    text = path.read_text(encoding="utf-8")
     try:
-        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(text, Loader=_TextLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as error:
         problems.append(
             Problem(
@@ -92,21 +169,40 @@ def plan_from_yml(path: Path, problems: list[Problem]) -> InstallPlan:
                 "fix the syntax of the commands list",
             )
         )
+        return None
+    python = data.get("python") if isinstance(data, dict) else None
+    if (
+        isinstance(python, str)
+        and re.fullmatch(r"\d+\.\d*0", python)
+        and _plain_number(text, "python")
+    ):
+        logger.warning(
+            "%s: python: %s is a number to YAML, which reads it as %s; ersilia-pack takes "
+            'the text "%s" (quote it for other tools: python: "%s")',
+            path.name,
+            python,
+            float(python),
+            python,
+            python,
+        )
+    return {} if data is None else data
+
+
+def plan_from_yml(path: Path, problems: list[Problem]) -> InstallPlan:
+    """``install.yml``: ``python: "3.x"`` and ``commands:`` (lists or bash strings)."""
+    data = _read_yml(path, problems)
+    if data is None:
         return InstallPlan(source=path.name)
-    data = data or {}
     if not isinstance(data, dict):
         problems.append(Problem(path.name, "must be a mapping with 'python' and 'commands'"))
         return InstallPlan(source=path.name)
     python = data.get("python")
-    plan = InstallPlan(source=path.name, python=str(python) if python is not None else None)
-    if isinstance(python, float):
+    if python is not None and not isinstance(python, str):
         problems.append(
-            Problem(
-                path.name,
-                f"'python' is the number {python}, which loses digits (3.10 reads as 3.1)",
-                'quote it: python: "3.10"',
-            )
+            Problem(path.name, f"'python' is {python!r}, not a version", 'e.g. python: "3.10"')
         )
+        python = None
+    plan = InstallPlan(source=path.name, python=python.strip() if python else None)
     commands = data.get("commands") or []
     if not isinstance(commands, list):
         problems.append(Problem(path.name, "'commands' must be a list"))
@@ -114,13 +210,14 @@ def plan_from_yml(path: Path, problems: list[Problem]) -> InstallPlan:
     for number, raw in enumerate(commands, start=1):
         name = f"{path.name} command {number}"
         if isinstance(raw, str):
-            plan.steps.append(InstallStep(name=name, kind="bash", script=raw))
+            script = raw[4:] if raw[:4].upper() == "RUN " else raw
+            plan.steps.append(_bash_step(name, script))
             continue
         item = (
             [str(part) if part is not None else "" for part in raw] if isinstance(raw, list) else []
         )
         if len(item) >= 2 and item[0] == "pip":
-            plan.steps.append(_pip_step(name, _yml_pip(item[1:])))
+            plan.steps.append(InstallStep(name=name, kind="pip", args=_yml_pip(item[1:])))
         elif len(item) >= 2 and item[0] == "conda":
             plan.steps.append(InstallStep(name=name, kind="conda", args=_yml_conda(item[1:])))
         else:
@@ -128,41 +225,75 @@ def plan_from_yml(path: Path, problems: list[Problem]) -> InstallPlan:
                 Problem(
                     path.name,
                     f"command {number} is {raw!r}",
-                    'use ["pip", '
-                    'name, version], ["conda", name, version, channel] or a '
+                    'use ["pip", name, version], ["conda", name, version, channel] or a '
                     "bash line as a string",
                 )
             )
     return plan
 
 
-def _run_lines(text: str) -> list[str]:
-    joined = re.sub(r"\\\s*\n", " ", text)
-    return [line.strip() for line in joined.splitlines()]
+def _instructions(text: str) -> list[tuple[int, str]]:
+    """A Dockerfile's instructions with the line each starts on; continuations joined."""
+    found: list[tuple[int, str]] = []
+    current: list[str] = []
+    start = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if current and stripped.startswith("#"):
+            continue  # a comment inside a continued instruction
+        if not current:
+            start = number
+        if stripped.endswith("\\"):
+            current.append(stripped[:-1].strip())
+            continue
+        current.append(stripped)
+        found.append((start, " ".join(part for part in current if part)))
+        current = []
+    if current:
+        found.append((start, " ".join(part for part in current if part)))
+    return found
+
+
+def _shell_words(command: str) -> list[str] | None:
+    """The words of a simple command, or None when bash must run it (operators, expansions)."""
+    if "$" in command or "`" in command:
+        return None
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words = list(lexer)
+    if any(word in _SHELL_OPERATORS or word.startswith("~") for word in words):
+        return None
+    return words
 
 
 def _step_from_run(name: str, command: str) -> InstallStep:
-    if not any(op in command for op in _SHELL_OPERATORS):
-        words = shlex.split(command)
-        if words and words[0] == "sudo":
-            words = words[1:]
-        if words[:2] in (["pip", "install"], ["pip3", "install"]):
-            return _pip_step(name, words[2:])
-        if words[:4] in (["python", "-m", "pip", "install"], ["python3", "-m", "pip", "install"]):
-            return _pip_step(name, words[4:])
-        if words[:2] == ["conda", "install"]:
-            args = [word for word in words[2:] if word not in ("-y", "--yes")]
-            return InstallStep(name=name, kind="conda", args=[*args, "-y"])
-        command = shlex.join(words)
-    return InstallStep(
-        name=name, kind="bash", script=re.sub(r"(^|&&\s*|;\s*)sudo\s+", r"\1", command)
-    )
+    if command.startswith("["):
+        try:  # the exec form: RUN ["pip", "install", "x"]
+            exec_form = json.loads(command)
+        except ValueError:
+            exec_form = None
+        if isinstance(exec_form, list) and all(isinstance(word, str) for word in exec_form):
+            command = shlex.join(exec_form)
+    words = _shell_words(command)
+    if words is None:
+        return _bash_step(name, re.sub(r"(^|&&\s*|\|\|\s*|;\s*)sudo\s+(-E\s+)?", r"\1", command))
+    if words[:1] == ["sudo"]:
+        words = words[2:] if words[1:2] == ["-E"] else words[1:]
+    if words[:2] in (["pip", "install"], ["pip3", "install"]):
+        return InstallStep(name=name, kind="pip", args=words[2:])
+    if words[:4] in (["python", "-m", "pip", "install"], ["python3", "-m", "pip", "install"]):
+        return InstallStep(name=name, kind="pip", args=words[4:])
+    if words[:2] in (["conda", "install"], ["mamba", "install"]):
+        return InstallStep(name=name, kind="conda", args=_conda_args(words[2:]))
+    return _bash_step(name, shlex.join(words))
 
 
 def plan_from_dockerfile(path: Path, problems: list[Problem]) -> InstallPlan:
     """An older-format ``Dockerfile``: Python from the FROM tag, steps from RUN lines."""
     plan = InstallPlan(source=path.name)
-    for number, line in enumerate(_run_lines(path.read_text(encoding="utf-8")), start=1):
+    for number, line in _instructions(path.read_text(encoding="utf-8")):
         keyword, _, rest = line.partition(" ")
         if keyword.upper() == "FROM":
             match = _PY_TAG.search(rest)
@@ -170,9 +301,15 @@ def plan_from_dockerfile(path: Path, problems: list[Problem]) -> InstallPlan:
                 plan.python = f"{match.group(1)}.{match.group(2)}"
         elif keyword.upper() == "RUN" and rest.strip():
             try:
-                plan.steps.append(_step_from_run(f"Dockerfile RUN {number}", rest.strip()))
+                plan.steps.append(_step_from_run(f"{path.name} line {number}", rest.strip()))
             except ValueError as error:
-                problems.append(Problem(path.name, f"RUN line {number} cannot be read: {error}"))
+                problems.append(
+                    Problem(
+                        path.name,
+                        f"the RUN instruction on line {number} cannot be read: {error}",
+                        "check its quotes",
+                    )
+                )
     return plan
 
 
