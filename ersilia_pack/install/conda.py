@@ -49,10 +49,12 @@ class CondaBackend(Backend):
             raise InstallError(
                 "list conda environments", "conda env list --json", result.returncode, result.stderr
             )
-        for prefix in json.loads(result.stdout).get("envs", []):
-            if Path(prefix).name == name:
-                return Path(prefix)
-        return None
+        prefixes = [Path(prefix) for prefix in json.loads(result.stdout).get("envs", [])]
+        # Named environments live in <root>/envs/NAME; the root (base) only matches by its name
+        # when no named environment does.
+        named = [prefix for prefix in prefixes if prefix.name == name]
+        in_envs = [prefix for prefix in named if prefix.parent.name == "envs"]
+        return next(iter(in_envs or named), None)
 
     def create_command(self, name: str, python: str) -> list[str]:
         return [self.executable, "create", "-y", "-n", name, f"python={python}"]

@@ -26,6 +26,15 @@ from ersilia_pack.runtime.environment import Environment
 logger = logging.getLogger("ersilia_pack")
 ENVS_DIR = ".envs"
 COMPLETE = ".ersilia-pack-complete"
+# pip flags that uv's pip interface takes with the same meaning; a step with any other flag
+# (--no-cache-dir, --trusted-host, --user, ...) runs with pip, which uv seeds into the venv.
+# fmt: off
+UV_PIP_FLAGS = frozenset({
+    "-r", "--requirement", "-e", "--editable", "-c", "--constraint", "-i", "--index-url",
+    "--extra-index-url", "-f", "--find-links", "--no-index", "--no-deps", "-U", "--upgrade",
+    "--no-build-isolation", "--no-binary", "--only-binary", "-q", "--quiet", "-v", "--verbose",
+})
+# fmt: on
 
 
 class VenvBackend(Backend):
@@ -75,7 +84,9 @@ class VenvBackend(Backend):
         return PreparedEnv(self._environment(prefix))
 
     def pip_command(self, environment: Environment, args: list[str]) -> list[str]:
-        if self.uv:
+        """``uv pip install`` when uv is here and knows every flag; else the venv's own pip."""
+        flags = {arg.split("=", 1)[0] for arg in args if arg.startswith("-")}
+        if self.uv and flags <= UV_PIP_FLAGS:
             return [self.uv, "pip", "install", "--python", environment.python, *args]
         return super().pip_command(environment, args)
 
