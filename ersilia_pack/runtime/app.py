@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,11 +21,13 @@ from ersilia_pack import __version__
 from ersilia_pack.runtime.bundle import Bundle, load_bundle
 from ersilia_pack.runtime.io import InputError, dumps, parse_inputs, shape
 from ersilia_pack.runtime.security import add_api_keys
-from ersilia_pack.runtime.service import ModelService, PredictionError
+from ersilia_pack.runtime.service import REQUEST_ID, ModelService, PredictionError
 from ersilia_pack.runtime.settings import ServeSettings
 
 logger = logging.getLogger("ersilia_pack.runtime")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# A caller's own request id is kept when it is plain enough to write into logs.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def json_response(
@@ -133,11 +136,27 @@ def _add_shared_routes(app: FastAPI, bundle: Bundle) -> None:
             include_in_schema=method != "HEAD",
         )
 
+    async def info_other_methods() -> None:
+        # With one route per method, the router's 405 would name the first route's only.
+        raise HTTPException(405, "Method Not Allowed", headers={"Allow": "GET, POST, HEAD"})
+
+    app.add_api_route(
+        "/info",
+        info_other_methods,
+        methods=["PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"],
+        include_in_schema=False,
+    )
+
     @app.get("/card", tags=["model"], summary="The model's metadata card")
     async def card() -> dict[str, Any]:
         return bundle.card
 
-    @app.get("/card/{field}", tags=["model"], summary="One field of the card")
+    @app.get(
+        "/card/{field}",
+        tags=["model"],
+        summary="One field of the card",
+        responses={404: {"description": "the card has no such field"}},
+    )
     async def card_field(field: str) -> Any:
         card = bundle.card
         if field not in card:
@@ -148,7 +167,12 @@ def _add_shared_routes(app: FastAPI, bundle: Bundle) -> None:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Every API can answer now")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="Every API can answer now",
+        responses={503: {"description": "an API cannot answer yet"}},
+    )
     async def readyz(request: Request) -> JSONResponse:
         service = service_of(request)
         apis = {name: engine.ready for name, engine in service.engines.items()}
@@ -187,8 +211,10 @@ def _add_error_handling(app: FastAPI) -> None:
     async def request_id(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        rid = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
+        given = request.headers.get("x-request-id", "")
+        rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         request.state.request_id = rid
+        REQUEST_ID.set(rid)  # this request's own context: its log lines carry the id
         try:
             response = await call_next(request)
         except Exception:

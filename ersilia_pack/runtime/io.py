@@ -41,9 +41,9 @@ def inputs_from_json(payload: Any) -> list[str]:
     inputs: list[str] = []
     for position, item in enumerate(payload):
         if isinstance(item, str):
-            inputs.append(item)
+            inputs.append(_text(position, item))
         elif isinstance(item, dict) and isinstance(item.get("input"), str):
-            inputs.append(item["input"])
+            inputs.append(_text(position, item["input"]))
         else:
             raise InputError(
                 f"item {position} is {_describe(item)}: each input must be a string "
@@ -52,9 +52,25 @@ def inputs_from_json(payload: Any) -> list[str]:
     return inputs
 
 
+def _text(position: int, value: str) -> str:
+    """An input that is real Unicode text: JSON escapes can spell lone surrogates."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InputError(
+            f"item {position} is not valid Unicode text: a lone surrogate at character "
+            f"{error.start}"
+        ) from error
+    return value
+
+
 def inputs_from_csv(text: str) -> list[str]:
     """Read a CSV upload with a header; the input column is input, smiles or the first."""
-    rows = [row for row in csv.reader(io.StringIO(text)) if row]
+    try:
+        # newline="" lets the csv module see quoted line breaks and lone carriage returns.
+        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
+    except csv.Error as error:
+        raise InputError(f"the CSV upload cannot be read: {error}", 400) from error
     if not rows:
         raise InputError("the CSV upload is empty: send a header row and one input per row")
     header = [name.strip().lower() for name in rows[0]]
@@ -90,6 +106,8 @@ def parse_inputs(content_type: str, body: bytes) -> list[str]:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as error:
             raise InputError(f"the body is not valid JSON: {error}", 400) from error
+        except RecursionError as error:
+            raise InputError("the body is nested too deeply: send a flat JSON list", 400) from error
         return inputs_from_json(payload)
     if media in ("text/csv", "application/csv", "text/plain"):
         return inputs_from_csv(body.decode("utf-8-sig", errors="replace"))

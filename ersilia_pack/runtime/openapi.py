@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 from fastapi import Query
+from pydantic import BaseModel, create_model
 
 from ersilia_pack.runtime.io import Orient
 
@@ -17,6 +18,46 @@ WithMetaQuery = Annotated[bool, Query(description="wrap as {result, meta} with f
 _ERROR = {"type": "object", "properties": {"detail": {}}, "required": ["detail"]}
 
 
+class SplitResult(BaseModel):
+    """The body of ``orient=split``: column names, row positions and rows of values."""
+
+    columns: list[str]
+    index: list[int]
+    data: list[list[Any]]
+
+
+class FailedRow(BaseModel):
+    """An input the model could not handle, and why."""
+
+    index: int
+    input: str
+    reason: str
+
+
+class ResultMeta(BaseModel):
+    """What ``with_meta=true`` adds beside the result."""
+
+    failed: list[FailedRow]
+
+
+def result_model(row: type[BaseModel]) -> Any:
+    """The documented 200 body of ``POST /<api>``: each ``orient`` shape, bare or wrapped.
+
+    records is a list of rows, index a mapping of positions to rows, columns a mapping of
+    column names to positions and values, split a :class:`SplitResult`, values a list of
+    lists; ``with_meta=true`` wraps any of them as ``{"result", "meta"}``.
+    """
+    shapes = Union[  # noqa: UP007 - built at run time from the model's row class
+        list[row],  # type: ignore[valid-type]
+        dict[str, row],  # type: ignore[valid-type]
+        dict[str, dict[str, Any]],
+        SplitResult,
+        list[list[Any]],
+    ]
+    wrapped = create_model(f"{row.__name__}WithMeta", result=(shapes, ...), meta=(ResultMeta, ...))
+    return Union[shapes, wrapped]  # noqa: UP007
+
+
 def request_body(example: list[str]) -> dict[str, Any]:
     """The request body of ``POST /<api>``: JSON inputs, or a CSV upload."""
     strings = {"type": "array", "minItems": 1, "items": {"type": "string"}}
@@ -25,7 +66,10 @@ def request_body(example: list[str]) -> dict[str, Any]:
         "minItems": 1,
         "items": {
             "type": "object",
-            "properties": {"key": {"type": "string"}, "input": {"type": "string"}},
+            "properties": {
+                "key": {"description": "the caller's own name for the input; not used"},
+                "input": {"type": "string"},
+            },
             "required": ["input"],
         },
     }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,13 +25,19 @@ from ersilia_pack.runtime.settings import ServeSettings
 logger = logging.getLogger("ersilia_pack.runtime")
 
 DEFAULT_BATCH = {"sh": 1000, "py": 256}
+# The id of the HTTP request being answered, for log lines; the app's middleware sets it.
+REQUEST_ID: ContextVar[str] = ContextVar("ersilia_pack_request_id", default="-")
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s/:'\"]+)+/([^\s/:'\"]+)")
 
 
 def public_reason(detail: str, stderr_tail: str = "") -> str:
-    """A failure reason fit for a caller: the last line of stderr, without file paths."""
+    """A failure reason fit for a caller: the last line of stderr, without file paths or secrets."""
     last = next((line.strip() for line in reversed(stderr_tail.splitlines()) if line.strip()), "")
     text = f"{detail}: {last}" if last else detail
+    for name, value in os.environ.items():
+        if len(value) >= 6 and _SECRET_NAME.search(name) and value in text:
+            text = text.replace(value, "[redacted]")
     return _PATH.sub(r"\1", text)[:500]
 
 
@@ -103,11 +111,20 @@ class ModelService:
         try:
             outcomes = await self.engines[api_name].predict(inputs, background=background)
         except RunTimeout as error:
+            logger.error("%s timed out [request id %s]: %s", api_name, REQUEST_ID.get(), error)
             raise PredictionError(504, public_reason(error.detail)) from error
         except RunError as error:
-            logger.error("%s failed: %s\n%s", api_name, error.detail, error.stderr_tail)
+            logger.error(
+                "%s failed [request id %s]: %s\n%s",
+                api_name,
+                REQUEST_ID.get(),
+                error.detail,
+                error.stderr_tail,
+            )
             raise PredictionError(502, public_reason(error.detail, error.stderr_tail)) from error
-        errors = {i: outcome.error for i, outcome in enumerate(outcomes) if outcome.error}
+        errors = {
+            i: public_reason(outcome.error) for i, outcome in enumerate(outcomes) if outcome.error
+        }
         if errors and len(errors) == len(outcomes) and not api.example_input:
             # With no example input to tell a broken model from bad inputs, all failing is
             # a model failure.

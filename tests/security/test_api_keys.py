@@ -15,6 +15,7 @@ from security_helpers import Server, serve, wait_ready
 
 KEYS = (f"key-one-{secrets.token_hex(12)}", f"key-two-{secrets.token_hex(12)}")
 WRONG = f"key-bad-{secrets.token_hex(12)}"
+BEARER = {"Authorization": f"Bearer {KEYS[0]}"}
 PUBLIC = ("/", "/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/static/swagger-ui.css")
 METHODS = ("get", "post", "put", "patch", "delete", "head")
 
@@ -115,3 +116,26 @@ def test_no_key_reaches_the_logs(server: Server) -> None:
     assert "POST /run" in server.log  # uvicorn's access log is in the output too
     for secret in (*KEYS, WRONG, ",".join(KEYS)):
         assert secret not in server.log
+
+
+def test_cors_is_off_unless_origins_are_given(server: Server) -> None:
+    for origin in ("https://lab.example.org", "http://127.0.0.1:8000", "null"):
+        response = httpx.get(f"{server.url}/card", headers={"Origin": origin, **BEARER}, timeout=30)
+        assert response.status_code == 200
+        assert not [name for name in response.headers if name.startswith("access-control-")]
+
+
+def test_it_binds_the_loopback_address_unless_told(server: Server) -> None:
+    url = httpx.URL(server.url)
+    assert url.host == "127.0.0.1"
+    # /proc/net/tcp lists listening sockets (state 0A) as hex address:port.
+    listening = {
+        line.split()[1]
+        for table in ("/proc/net/tcp", "/proc/net/tcp6")
+        for line in Path(table).read_text().splitlines()[1:]
+        if line.split()[3] == "0A"
+    }
+    port = f"{url.port:04X}"
+    assert f"0100007F:{port}" in listening
+    assert f"00000000:{port}" not in listening
+    assert not [entry for entry in listening if entry.endswith(port) and len(entry) > 13]

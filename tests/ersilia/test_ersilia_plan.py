@@ -1,0 +1,250 @@
+"""Install plans of the shapes published Ersilia models use, and the exact command each step
+runs as under every backend."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from pathlib import Path
+
+import pytest
+from fixture_models import FIXTURES, NEWER, OLDER
+
+from ersilia_pack.errors import PlanError, Problem
+from ersilia_pack.install.base import Backend
+from ersilia_pack.install.conda import CondaBackend
+from ersilia_pack.install.plan import InstallPlan, read_plan
+from ersilia_pack.install.system import SystemBackend
+from ersilia_pack.install.venv import VenvBackend
+from ersilia_pack.runtime.environment import Environment
+
+AWKWARD_YML = FIXTURES / "ersilia-awkward-yml"
+AWKWARD_DOCKERFILE = FIXTURES / "ersilia-awkward-dockerfile"
+
+# Each step as a person would type it; "bash: ..." is a line bash runs as written.
+YML_STEPS = [
+    "pip install rdkit==2023.9.1",
+    "pip install pandas",
+    "pip install torch==2.4.0 --index-url https://download.pytorch.org/whl/cpu",
+    "pip install torch-geometric==2.5.3 --extra-index-url https://data.pyg.org/whl/torch-2.4.0+cpu.html",
+    "pip install torch-scatter==2.1.2 -f https://data.pyg.org/whl/torch-2.4.0+cpu.html",
+    "pip install git+https://github.com/ersilia-os/bioassay-utils.git@v0.1.2",
+    "pip install scikit-learn==1.10",
+    "pip install 'numpy>=1.24,<2'",
+    "conda install -c conda-forge xorg-libxrender=0.9.11 -y",
+    "conda install -c conda-forge -c bioconda openbabel=3.1.1 -y",
+    "conda install libgcc-ng -y",
+    "conda install -c conda-forge xorg-libxext=1.3.4 -y",
+    "bash: echo 'a plain bash line' && python -c 'import sys; print(sys.version)'",
+    "bash: conda install -c conda-forge cairo -y",
+]
+DOCKERFILE_STEPS = [
+    "pip install rdkit==2022.9.5",
+    "pip install pandas==1.3.5 scikit-learn==1.0.2",
+    "pip install --no-cache-dir joblib==1.1.0",
+    "pip install torch==1.13.1 --index-url https://download.pytorch.org/whl/cpu",
+    "pip install git+https://github.com/ersilia-os/chemprop-utils.git@main",
+    "pip install molvs==0.1.1 chembl_structure_pipeline==1.0.0",
+    "conda install -c conda-forge xorg-libxrender=0.9.10 -y",
+    "conda install -c conda-forge -c bioconda openbabel=3.1.1 -y",
+    "bash: apt-get update && apt-get install -y libxrender1",
+    "pip install 'numpy>=1.21,<1.24'",
+    "pip install tqdm==4.66.1",
+]
+# uv's pip interface has no --no-cache-dir: that step runs with the venv's own pip.
+UV_RUNS_WITH_PIP = {"pip install --no-cache-dir joblib==1.1.0"}
+
+SYSTEM_PYTHON = "/usr/local/bin/python3.11"
+VENV_PYTHON = "/eos/repository/eos9aw1/.envs/0123456789abcdef/bin/python"
+UV = "/usr/local/bin/uv"
+CONDA = "/opt/miniconda3/bin/conda"
+CONDA_PYTHON = "/opt/miniconda3/envs/eos9aw1/bin/python"
+
+
+def _backends(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[Backend, Environment]]:
+    monkeypatch.setenv("CONDA_EXE", CONDA)
+    venv = VenvBackend()
+    venv.uv = None
+    with_uv = VenvBackend()
+    with_uv.uv = UV
+    venv_env = Environment(
+        backend="venv", prefix=str(Path(VENV_PYTHON).parents[1]), python=VENV_PYTHON
+    )
+    return {
+        "system": (SystemBackend(), Environment(backend="system", python=SYSTEM_PYTHON)),
+        "venv": (venv, venv_env),
+        "venv+uv": (with_uv, venv_env),
+        "conda": (
+            CondaBackend(),
+            Environment(
+                backend="conda",
+                prefix=str(Path(CONDA_PYTHON).parents[1]),
+                python=CONDA_PYTHON,
+                variables={
+                    "CONDA_PREFIX": str(Path(CONDA_PYTHON).parents[1]),
+                    "CONDA_DEFAULT_ENV": "eos9aw1",
+                },
+            ),
+        ),
+    }
+
+
+def _expected(backend: str, line: str) -> list[str] | None:
+    """The command ``line`` must run as under ``backend``; None when the backend must refuse."""
+    if line.startswith("bash: "):
+        return ["bash", "-e", "-c", line.removeprefix("bash: ")]
+    words = shlex.split(line)
+    if words[0] == "conda":
+        return [CONDA, "install", "-n", "eos9aw1", *words[2:]] if backend == "conda" else None
+    python = {"system": SYSTEM_PYTHON, "conda": CONDA_PYTHON}.get(backend, VENV_PYTHON)
+    if backend == "venv+uv" and line not in UV_RUNS_WITH_PIP:
+        return [UV, "pip", "install", "--python", VENV_PYTHON, *words[2:]]
+    return [python, "-m", "pip", "install", *words[2:]]
+
+
+def _as_typed(plan: InstallPlan) -> list[str]:
+    return [
+        f"bash: {step.script}" if step.kind == "bash" else step.display() for step in plan.steps
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model_dir", "steps"),
+    [(AWKWARD_YML, YML_STEPS), (AWKWARD_DOCKERFILE, DOCKERFILE_STEPS)],
+    ids=["install.yml", "Dockerfile"],
+)
+@pytest.mark.parametrize("backend", ["system", "venv", "venv+uv", "conda"])
+def test_awkward_install_steps_run_as_exact_commands(
+    model_dir: Path, steps: list[str], backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    problems: list[Problem] = []
+    plan = read_plan(model_dir, problems)
+    assert problems == []
+    assert plan.python == "3.10"
+    assert _as_typed(plan) == steps
+    installer, environment = _backends(monkeypatch)[backend]
+    for step, line in zip(plan.steps, steps, strict=True):
+        expected = _expected(backend, line)
+        if expected is None:
+            with pytest.raises(PlanError, match="pack with --conda"):
+                installer.command(step, environment)
+        else:
+            assert installer.command(step, environment) == expected, line
+
+
+@pytest.mark.parametrize(
+    ("model_dir", "first_conda_step"),
+    [(AWKWARD_YML, "install.yml command 9"), (AWKWARD_DOCKERFILE, "Dockerfile line 14")],
+)
+@pytest.mark.parametrize("backend", [SystemBackend, VenvBackend])
+def test_conda_steps_are_refused_before_anything_runs_without_conda(
+    model_dir: Path, first_conda_step: str, backend: type[Backend]
+) -> None:
+    plan = read_plan(model_dir, [])
+    with pytest.raises(PlanError) as raised:
+        backend().check(plan)
+    message = raised.value.render()
+    assert f"install step '{first_conda_step}' is a conda step" in message
+    assert f"--{backend.name} cannot run: pack with --conda" in message
+
+
+def test_a_bash_line_that_calls_conda_is_a_conda_step_too() -> None:
+    plan = read_plan(AWKWARD_YML, [])
+    plan.steps = [step for step in plan.steps if step.kind != "conda"]
+    with pytest.raises(
+        PlanError, match=r"install.yml command 14.*conda install -c conda-forge cairo"
+    ):
+        VenvBackend().check(plan)
+    CondaBackend().check(plan)
+
+
+def test_dockerfile_steps_are_named_by_the_line_they_start_on() -> None:
+    plan = read_plan(AWKWARD_DOCKERFILE, [])
+    names = [step.name for step in plan.steps]
+    assert names[:6] == [f"Dockerfile line {n}" for n in (5, 6, 7, 8, 9, 10)]
+    assert names[6] == "Dockerfile line 14"
+
+
+def test_an_unquoted_python_version_keeps_its_digits_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="ersilia_pack"):
+        plan = read_plan(AWKWARD_YML, [])
+    assert plan.python == "3.10"
+    assert [record.getMessage() for record in caplog.records] == [
+        "install.yml: python: 3.10 is a number to YAML, which reads it as 3.1; ersilia-pack takes "
+        'the text "3.10" (quote it for other tools: python: "3.10")'
+    ]
+
+
+def test_the_fixture_generations_give_their_python_without_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="ersilia_pack"):
+        newer, older = read_plan(NEWER, []), read_plan(OLDER, [])
+    assert caplog.records == []
+    assert (newer.source, newer.python) == ("install.yml", "3.10")
+    assert (older.source, older.python) == ("Dockerfile", "3.11")
+    assert _as_typed(newer) == [
+        "pip install fixture-helper==1.0.0 --no-index -f ./vendor",
+        'bash: python -c "import csv, json; print(\\"standard library ready\\")"',
+    ]
+    assert _as_typed(older) == [
+        "pip install fixture-helper==1.0.0 --no-index -f ./vendor",
+        "bash: python -c 'import sqlite3, json'",
+        'bash: python -c "import csv" && echo "standard library ready"',
+    ]
+
+
+@pytest.mark.parametrize(
+    ("image", "python"),
+    [
+        ("bentoml/model-server:0.11.0-py37", "3.7"),
+        ("ersiliaos/base:0.11.0-py310", "3.10"),
+        ("ersiliaos/base:0.11.0-py311 AS build", "3.11"),
+        ("ersiliaos/base:v1-py3.12", "3.12"),
+        ("python:3.11-slim", None),
+    ],
+)
+def test_the_python_version_comes_from_the_from_tag(
+    tmp_path: Path, image: str, python: str | None
+) -> None:
+    (tmp_path / "Dockerfile").write_text(f"FROM {image}\nRUN pip install rdkit==2023.9.1\n")
+    assert read_plan(tmp_path, []).python == python
+
+
+@pytest.mark.parametrize(
+    ("item", "command"),
+    [
+        ('["pip", "numpy", "==1.26.4"]', "pip install numpy==1.26.4"),
+        ('["pip", "-r", "requirements.txt"]', "pip install -r requirements.txt"),
+        ('["pip", "rdkit", "2023.9.1", "--no-deps"]', "pip install rdkit==2023.9.1 --no-deps"),
+        (
+            '["conda", "rdkit", "2023.09.1", "-c", "conda-forge"]',
+            "conda install -c conda-forge rdkit=2023.09.1 -y",
+        ),
+        (
+            '["conda", "rdkit", "2023.09.1", "conda-forge", "-y"]',
+            "conda install -c conda-forge rdkit=2023.09.1 -y",
+        ),
+        ('["conda", "pytorch", ">=2", "pytorch"]', "conda install -c pytorch 'pytorch>=2' -y"),
+        ('"RUN pip install tqdm"', "bash: pip install tqdm"),
+    ],
+)
+def test_more_install_yml_command_shapes(tmp_path: Path, item: str, command: str) -> None:
+    (tmp_path / "install.yml").write_text(f'python: "3.11"\ncommands:\n  - {item}\n')
+    problems: list[Problem] = []
+    assert _as_typed(read_plan(tmp_path, problems)) == [command]
+    assert problems == []
+
+
+def test_a_command_of_an_unknown_shape_is_a_problem_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "install.yml").write_text(
+        'python: "3.11"\ncommands:\n  - ["npm", "install", "x"]\n'
+    )
+    problems: list[Problem] = []
+    read_plan(tmp_path, problems)
+    assert [str(problem) for problem in problems] == [
+        "install.yml: command 1 is ['npm', 'install', 'x'] "
+        '(use ["pip", name, version], ["conda", name, version, channel] or a bash line as a string)'
+    ]
