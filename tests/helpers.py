@@ -27,6 +27,7 @@ from ersilia_pack.runtime.settings import ServeSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
+DEMO_DIR = ROOT / "examples" / "eos-demo"
 UVICORN_LINE = re.compile(r"Uvicorn running on (http://\S+)")
 
 
@@ -177,6 +178,8 @@ def served(
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
         reader.join(timeout=10)
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 def processes_mentioning(marker: str) -> list[int]:
