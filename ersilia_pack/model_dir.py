@@ -286,22 +286,48 @@ def _read_apis(model_dir: Path, problems: list[Problem]) -> list[ApiDefinition]:
     return apis
 
 
-def _check_symlinks(model_dir: Path, problems: list[Problem]) -> None:
+def _check_symlinks(model_dir: Path, problems: list[Problem]) -> bool:
+    """Report links that leave the model directory, loop, or hold their own folder.
+
+    Returns False when a bad link lies where the other checks read files (anything outside
+    ``model/checkpoints``): reading through it could take a file from elsewhere, or never
+    end on a device or a pipe, so validation stops there.
+    """
     root = model_dir.resolve()
+    checkpoints = root / "model" / "checkpoints"
+    readable = True
     for current, dirs, files in os.walk(model_dir):
         dirs[:] = [d for d in dirs if d not in _IGNORED_DIRS]
         for name in [*dirs, *files]:
             path = Path(current) / name
-            if path.is_symlink():
+            if not path.is_symlink():
+                continue
+            where = str(path.relative_to(model_dir))
+            link = os.readlink(path)
+            parent = path.parent.resolve()
+            try:
                 target = path.resolve()
+            except (OSError, RuntimeError):  # RuntimeError: a loop, before Python 3.13
+                problem = Problem(where, f"is a symlink loop ({link})", "remove the link")
+            else:
                 if target != root and root not in target.parents:
-                    problems.append(
-                        Problem(
-                            str(path.relative_to(model_dir)),
-                            f"is a symlink to {os.readlink(path)}, outside the model directory",
-                            "copy the file in, or remove the link",
-                        )
+                    problem = Problem(
+                        where,
+                        f"is a symlink to {link}, outside the model directory",
+                        "copy the file in, or remove the link",
                     )
+                elif target.is_dir() and (target == parent or target in parent.parents):
+                    problem = Problem(
+                        where,
+                        f"is a symlink to {link}, a folder that holds the link itself",
+                        "remove the link: copying it would never end",
+                    )
+                else:
+                    continue
+            problems.append(problem)
+            if parent != checkpoints and checkpoints not in parent.parents:
+                readable = False
+    return readable
 
 
 def hash_model_dir(model_dir: Path) -> str:
@@ -342,10 +368,11 @@ def read_model_dir(model_dir: Path, *, variant: str | None = None) -> ModelSpec:
             ]
         )
     problems: list[Problem] = []
+    if not _check_symlinks(model_dir, problems):
+        raise ModelDirError(problems, str(model_dir))
     metadata, metadata_name = read_metadata(model_dir, problems)
     plan = read_plan(model_dir, problems, variant=variant)
     apis = _read_apis(model_dir, problems)
-    _check_symlinks(model_dir, problems)
     if problems:
         raise ModelDirError(problems, str(model_dir))
     return ModelSpec(
