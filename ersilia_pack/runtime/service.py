@@ -129,6 +129,9 @@ class ModelService:
             # With no example input to tell a broken model from bad inputs, all failing is
             # a model failure.
             first = next(iter(errors.values()))
+            logger.error(
+                "%s failed on every input [request id %s]: %s", api_name, REQUEST_ID.get(), first
+            )
             raise PredictionError(502, f"{api_name} failed on every input: {first}")
         rows = type_rows([outcome.row for outcome in outcomes], api.columns)
         return Prediction(rows=rows, errors=errors)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -58,12 +59,20 @@ def pack_repository(model_dir: Path, eos: Path, *args: str) -> Path:
     return repository
 
 
+MARKER = "ERSILIA_PACK_TEST_SERVER"
+
+
 @dataclass
 class Server:
-    """A running ``ersilia_serve``: its URL, its process, and every line it printed."""
+    """A running ``ersilia_serve``: its URL, its process, and every line it printed.
+
+    ``marker`` is the value of ``ERSILIA_PACK_TEST_SERVER`` in its environment, which every
+    process it starts inherits: :func:`processes_of` finds them even once they are orphans.
+    """
 
     url: str
     process: subprocess.Popen[str]
+    marker: str
     lines: list[str] = field(default_factory=list)
 
     @property
@@ -92,6 +101,7 @@ def serve(
     startup_timeout: float = 90,
 ) -> Iterator[Server]:
     """Serve ``repository`` with the real console script; yield once uvicorn says where."""
+    marker = secrets.token_hex(8)
     process = subprocess.Popen(
         [
             console_script("ersilia_serve"),
@@ -104,9 +114,9 @@ def serve(
         text=True,
         errors="replace",
         start_new_session=True,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **(env or {}), MARKER: marker},
     )
-    server = Server(url="", process=process)
+    server = Server(url="", process=process, marker=marker)
     started = threading.Event()
 
     def drain() -> None:
@@ -163,6 +173,23 @@ def processes_mentioning(marker: str) -> dict[int, str]:
             continue
         if marker.encode() in cmdline:
             found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+    return found
+
+
+def processes_of(server: Server) -> dict[int, str]:
+    """Live processes started by ``server`` (or the server itself): pid to command line."""
+    tag = f"{MARKER}={server.marker}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if tag not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
     return found
 
 
