@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import pack_fixture
+from helpers import DATA, pack_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 DEMO = ROOT / "examples" / "eos-demo"
-_DATA_NAME = "smiles-50k-molweight.csv"
-# The shared data set lives beside the project, never inside it; ERSILIA_PACK_TEST_DATA
-# points elsewhere when the clone is not next to it.
-DATA = next(
-    (
-        folder / _DATA_NAME
-        for folder in (
-            Path(os.environ.get("ERSILIA_PACK_TEST_DATA", ROOT.parent / "shared" / "data")),
-            Path("/work/shared/data"),
-        )
-        if (folder / _DATA_NAME).is_file()
-    ),
-    ROOT.parent / "shared" / "data" / _DATA_NAME,
-)
+__all__ = ["DATA", "DEMO", "FIXTURES", "ROOT"]
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,13 +16,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ersilia_pack import __version__
+from ersilia_pack.runtime import job_routes
 from ersilia_pack.runtime.bundle import Bundle, load_bundle
+from ersilia_pack.runtime.cache import ResultCache
 from ersilia_pack.runtime.io import InputError, dumps, parse_inputs, shape
+from ersilia_pack.runtime.jobs import JobManager
 from ersilia_pack.runtime.security import add_api_keys
 from ersilia_pack.runtime.service import REQUEST_ID, ModelService, PredictionError
 from ersilia_pack.runtime.settings import ServeSettings
+from ersilia_pack.runtime.store import open_store
 
 logger = logging.getLogger("ersilia_pack.runtime")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -44,26 +49,29 @@ def service_of(request: Request) -> ModelService:
     return service
 
 
-async def read_inputs(request: Request) -> list[str]:
-    """The inputs of a request, within the configured limits."""
+async def read_inputs(
+    request: Request, *, max_inputs: int | None = None, max_body_bytes: int | None = None
+) -> list[str]:
+    """The inputs of a request, within the configured limits (or the given ones, for jobs)."""
     settings: ServeSettings = request.app.state.settings
+    hint = "send fewer" if max_inputs else "send fewer, or submit a job (POST /job/submit)"
+    max_inputs = max_inputs or settings.max_inputs
+    max_body = max_body_bytes or settings.max_body_bytes
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-        raise HTTPException(413, f"the body is larger than {settings.max_body_bytes} bytes")
+    if declared and declared.isdigit() and int(declared) > max_body:
+        raise HTTPException(413, f"the body is larger than {max_body} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body.extend(chunk)
-        if len(body) > settings.max_body_bytes:
-            raise HTTPException(413, f"the body is larger than {settings.max_body_bytes} bytes")
+        if len(body) > max_body:
+            raise HTTPException(413, f"the body is larger than {max_body} bytes")
     try:
         inputs = parse_inputs(request.headers.get("content-type", ""), bytes(body))
     except InputError as error:
         raise HTTPException(error.status_code, str(error)) from error
-    if len(inputs) > settings.max_inputs:
+    if len(inputs) > max_inputs:
         raise HTTPException(
-            413,
-            f"{len(inputs)} inputs is more than the limit of {settings.max_inputs} per request: "
-            "send fewer, or submit a job (POST /job/submit) for bigger runs",
+            413, f"{len(inputs)} inputs is more than the limit of {max_inputs} per request: {hint}"
         )
     for position, value in enumerate(inputs):
         if len(value) > settings.max_input_length:
@@ -96,7 +104,10 @@ async def predict_response(
         raise HTTPException(error.status_code, error.detail) from error
     names = service.bundle.apis[api].column_names
     result = shape(prediction.rows, names, orient)
-    headers = {"X-Failed-Rows": str(len(prediction.errors))}
+    headers = {
+        "X-Failed-Rows": str(len(prediction.errors)),
+        "X-Cached-Rows": str(prediction.cached),
+    }
     if with_meta:
         failed = [
             {"index": i, "input": inputs[i], "reason": reason}
@@ -206,26 +217,51 @@ def _add_docs(app: FastAPI, title: str) -> None:
         )
 
 
-def _add_error_handling(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def request_id(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        given = request.headers.get("x-request-id", "")
-        rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        request.state.request_id = rid
+class RequestIdMiddleware:
+    """Pure ASGI middleware: every request gets an id, answered in ``X-Request-ID``.
+
+    A failure no handler caught is logged with that id and answered as JSON 500 carrying the
+    id, never as a traceback.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"")
+        text = given.decode("latin-1")
+        rid = text if _REQUEST_ID.fullmatch(text) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
         REQUEST_ID.set(rid)  # this request's own context: its log lines carry the id
+        header = (b"x-request-id", rid.encode())
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, send_with_id)
         except Exception:
             logger.exception(
-                "request %s %s failed [request id %s]", request.method, request.url.path, rid
+                "request %s %s failed [request id %s]", scope.get("method"), scope.get("path"), rid
             )
+            if started:
+                raise
             response = JSONResponse(
                 {"detail": "internal server error", "request_id": rid}, status_code=500
             )
-        response.headers["X-Request-ID"] = rid
-        return response
+            await response(scope, receive, send_with_id)
+
+
+def _add_error_handling(app: FastAPI) -> None:
+    app.add_middleware(RequestIdMiddleware)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -249,13 +285,19 @@ def build_app(bundle_dir: Path, settings: ServeSettings | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = ModelService(bundle, settings)
+        store = open_store(bundle, settings)
+        cache = ResultCache.for_bundle(store, bundle, settings)
+        service = ModelService(bundle, settings, cache=cache)
         app.state.service = service
         await service.start()
+        app.state.jobs = jobs = JobManager(store, service, settings)
         try:
+            await jobs.start()
             yield
         finally:
+            await jobs.stop()
             await service.stop()
+            store.close()
 
     app = FastAPI(
         title=f"{bundle.manifest.model_id}: {title}",
@@ -278,4 +320,5 @@ def build_app(bundle_dir: Path, settings: ServeSettings | None = None) -> FastAP
     _add_error_handling(app)
     _add_shared_routes(app, bundle)
     _add_docs(app, title)
+    app.include_router(job_routes.job_router(bundle))
     return app

@@ -13,8 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import DATA, DEMO
-from helpers import app_client, processes_mentioning, wait_ready, write_tree
+from helpers import DATA, DEMO_DIR, app_client, processes_mentioning, wait_ready, write_tree
 
 from ersilia_pack.model_dir import warm_script
 from ersilia_pack.pack import pack
@@ -91,7 +90,7 @@ def test_only_the_python_script_shape_runs_warm(
 
 
 def test_warm_runs_give_what_cold_runs_give_on_real_molecules(tmp_path: Path) -> None:
-    bundle = pack(DEMO, backend="system", repository_root=tmp_path).bundle_dir
+    bundle = pack(DEMO_DIR, backend="system", repository_root=tmp_path).bundle_dir
     assert load_bundle(bundle).apis["run"].warm is True
     molecules = read_data(300)
     smiles = [value for value, _ in molecules] + ["not a molecule", ""]
