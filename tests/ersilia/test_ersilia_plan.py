@@ -165,24 +165,39 @@ def test_dockerfile_steps_are_named_by_the_line_they_start_on() -> None:
     assert names[6] == "Dockerfile line 14"
 
 
-def test_an_unquoted_python_version_keeps_its_digits_with_a_warning(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="ersilia_pack"):
+class _Warnings(logging.Handler):
+    """Warnings of the ``ersilia_pack`` logger, caught on the logger itself (the CLI stops it
+    from propagating to the root logger, where caplog listens)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> _Warnings:
+        logging.getLogger("ersilia_pack").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("ersilia_pack").removeHandler(self)
+
+
+def test_an_unquoted_python_version_keeps_its_digits_with_a_warning() -> None:
+    with _Warnings() as warnings:
         plan = read_plan(AWKWARD_YML, [])
     assert plan.python == "3.10"
-    assert [record.getMessage() for record in caplog.records] == [
+    assert warnings.messages == [
         "install.yml: python: 3.10 is a number to YAML, which reads it as 3.1; ersilia-pack takes "
         'the text "3.10" (quote it for other tools: python: "3.10")'
     ]
 
 
-def test_the_fixture_generations_give_their_python_without_warnings(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="ersilia_pack"):
+def test_the_fixture_generations_give_their_python_without_warnings() -> None:
+    with _Warnings() as warnings:
         newer, older = read_plan(NEWER, []), read_plan(OLDER, [])
-    assert caplog.records == []
+    assert warnings.messages == []
     assert (newer.source, newer.python) == ("install.yml", "3.10")
     assert (older.source, older.python) == ("Dockerfile", "3.11")
     assert _as_typed(newer) == [
