@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,8 @@ METHODS = ("get", "post", "put", "patch", "delete", "head")
 
 @pytest.fixture(scope="module")
 def server(demo_repository: Path) -> Iterator[Server]:
-    with serve(demo_repository, "--api-key", ",".join(KEYS), "--workers", "1") as running:
+    # Verbose, so that even debug logging is shown to hold no key.
+    with serve(demo_repository, "--api-key", ",".join(KEYS), "--workers", "1", "-v") as running:
         wait_ready(running.url)
         yield running
 
@@ -103,6 +105,31 @@ def test_openapi_documents_the_bearer_scheme_where_it_applies(server: Server) ->
         else:
             assert operation["security"] == [{"bearerAuth": []}], path
             assert "401" in operation["responses"], path
+
+
+def test_one_caller_cannot_see_or_cancel_another_callers_job(server: Server) -> None:
+    def job(method: str, path: str, key: str) -> httpx.Response:
+        return httpx.request(
+            method,
+            f"{server.url}{path}",
+            headers={"Authorization": f"Bearer {key}"},
+            json=["CCO", "c1ccccc1"] if method == "POST" else None,
+            timeout=60,
+        )
+
+    submitted = job("POST", "/job/submit?api=run", KEYS[0])
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["job_id"]
+    for path in (f"/job/status/{job_id}", f"/job/result/{job_id}"):
+        assert job("GET", path, KEYS[1]).status_code == 404
+    assert job("DELETE", f"/job/{job_id}", KEYS[1]).status_code == 404
+    deadline = time.monotonic() + 60
+    while (status := job("GET", f"/job/status/{job_id}", KEYS[0])).json()["state"] != "done":
+        assert status.status_code == 200 and time.monotonic() < deadline, status.text
+        time.sleep(0.1)
+    result = job("GET", f"/job/result/{job_id}", KEYS[0])
+    assert result.status_code == 200, result.text
+    assert job("GET", f"/job/result/{job_id}", KEYS[1]).status_code == 404
 
 
 def test_no_key_reaches_the_logs(server: Server) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from security_helpers import Server, serve, wait_ready
+from security_helpers import Server, processes_of, serve, wait_ready
 
 KEY = f"limits-{secrets.token_hex(12)}"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -187,3 +187,15 @@ def test_cors_allows_only_the_given_origin(server: Server) -> None:
 def test_the_key_from_the_environment_is_required(server: Server) -> None:
     assert httpx.post(f"{server.url}/ok", json=["abc"], timeout=30).status_code == 401
     assert KEY not in server.log
+
+
+def test_model_processes_do_not_inherit_the_key(server: Server) -> None:
+    workers = [pid for pid, cmdline in processes_of(server).items() if "app/worker.py" in cmdline]
+    assert workers
+    for pid in workers:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert not [item for item in environ if item.startswith(b"ERSILIA_PACK_API_KEY=")]
+        assert not [item for item in environ if KEY.encode() in item]
+    assert f"ERSILIA_PACK_API_KEY={KEY}".encode() in Path(
+        f"/proc/{server.pid}/environ"
+    ).read_bytes().split(b"\0")
