@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +55,19 @@ def _model_repository(repository_root: Path, spec: ModelSpec) -> Path:
 
 def _bundles(model_repo: Path) -> list[Path]:
     return sorted(p for p in model_repo.iterdir() if TAG_PATTERN.match(p.name) and p.is_dir())
+
+
+STALE_PARTIAL_SECONDS = 3600
+
+
+def _remove_stale_partials(model_repo: Path) -> None:
+    """Remove staging folders a killed pack left behind (an hour old: no pack still uses them)."""
+    now = time.time()
+    for partial in model_repo.glob(".partial-*"):
+        with contextlib.suppress(OSError):
+            if now - partial.stat().st_mtime > STALE_PARTIAL_SECONDS:
+                logger.info("removing %s, left by an interrupted pack", partial.name)
+                shutil.rmtree(partial, ignore_errors=True)
 
 
 def prune(model_repo: Path, keep: int) -> list[Path]:
@@ -128,6 +143,7 @@ def pack(
     model_repo = _model_repository(root, spec)
     created = not model_repo.exists()
     model_repo.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(model_repo)
     tag = new_tag()
     staging = model_repo / f".partial-{tag}"
     try:
