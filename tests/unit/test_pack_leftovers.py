@@ -17,6 +17,8 @@ def test_a_pack_removes_stale_staging_folders_but_not_fresh_ones(tmp_path: Path)
         {
             "metadata.yml": "Identifier: leftovers\nSlug: leftovers\n",
             "model/framework/run.sh": "cp $2 $3\n",
+            "model/framework/columns/run_columns.csv": "name,type,direction,description\n"
+            "input,string,,the input itself\n",
         },
     )
     repository = tmp_path / "repository"
