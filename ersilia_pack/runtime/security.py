@@ -46,9 +46,10 @@ def is_public(path: str) -> bool:
 
 
 def _route_path(scope: Scope) -> str:
+    """The path the router matches: without the root path (as Starlette strips it)."""
     path: str = scope.get("path", "")
     root: str = scope.get("root_path", "")
-    if root and path.startswith(root):
+    if root and (path == root or path.startswith(root + "/")):
         path = path[len(root) :]
     return path or "/"
 

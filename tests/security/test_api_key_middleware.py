@@ -82,3 +82,12 @@ def test_public_routes_answer_anyone_as_anonymous() -> None:
         assert http.get("/healthz", headers=bearer("wrong")).json() == {"principal": ""}
         known = http.get("/healthz", headers=bearer("alpha-key")).json()
         assert known == {"principal": principal_of("alpha-key")}
+
+
+def test_behind_a_root_path_the_same_routes_are_public() -> None:
+    app = Starlette(routes=[Route("/whoami", whoami), Route("/healthz", whoami)])
+    with TestClient(ApiKeyMiddleware(app, keys=["alpha-key"]), root_path="/r") as http:
+        assert http.get("/r/healthz").status_code == 200
+        assert http.get("/r/whoami").status_code == 401
+        assert http.get("/rhealthz").status_code == 401  # not under the root path
+        assert http.get("/r/whoami", headers=bearer("alpha-key")).status_code == 200

@@ -23,7 +23,7 @@ def test_a_run_folder_that_cannot_be_made_is_a_clean_5xx_not_a_hang(tmp_path: Pa
         shutil.rmtree(runs, ignore_errors=True)
         runs.write_text("a file where the run folders should go\n")
         try:
-            response = httpx.post(f"{server.url}/ok", json=["abc"], timeout=30)
+            response = httpx.post(f"{server.url}/ok", json=["abc"], timeout=20)
         finally:
             runs.unlink()
             runs.mkdir()
