@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ersilia_pack.runtime.bundle import ApiDefinition, Bundle
+from ersilia_pack.runtime.cache import ResultCache
 from ersilia_pack.runtime.engine import ApiEngine
 from ersilia_pack.runtime.io import type_rows
 from ersilia_pack.runtime.runners import (
@@ -56,6 +57,7 @@ class Prediction:
 
     rows: list[list[Any] | None]
     errors: dict[int, str] = field(default_factory=dict)
+    cached: int = 0  # rows answered from the result cache
 
 
 def make_runner(bundle: Bundle, api: ApiDefinition, settings: ServeSettings) -> Runner:
@@ -71,9 +73,12 @@ def make_runner(bundle: Bundle, api: ApiDefinition, settings: ServeSettings) -> 
 class ModelService:
     """Everything the app does with the model, independent of HTTP."""
 
-    def __init__(self, bundle: Bundle, settings: ServeSettings) -> None:
+    def __init__(
+        self, bundle: Bundle, settings: ServeSettings, *, cache: ResultCache | None = None
+    ) -> None:
         self.bundle = bundle
         self.settings = settings
+        self.cache = cache
         self.engines: dict[str, ApiEngine] = {}
         for api in bundle.manifest.apis:
             size = settings.batch_size or DEFAULT_BATCH[api.kind]
@@ -106,10 +111,18 @@ class ModelService:
         cache_only: bool = False,
         background: bool = False,
     ) -> Prediction:
-        """Run inputs through an API; PredictionError when the model itself fails."""
+        """Run inputs through an API; PredictionError when the model itself fails.
+
+        Only inputs missing from the result cache are computed; ``cache_only`` never runs the
+        model, and inputs not in the cache get null rows.
+        """
         api = self.bundle.apis[api_name]
+        cache = self.cache if self.cache is not None and self.cache.enabled else None
+        hits = await cache.fetch(api_name, inputs) if cache and (fetch_cache or cache_only) else {}
+        todo = [] if cache_only else [value for value in inputs if value not in hits]
         try:
-            outcomes = await self.engines[api_name].predict(inputs, background=background)
+            engine = self.engines[api_name]
+            outcomes = await engine.predict(todo, background=background) if todo else []
         except RunTimeout as error:
             logger.error("%s timed out [request id %s]: %s", api_name, REQUEST_ID.get(), error)
             raise PredictionError(504, public_reason(error.detail)) from error
@@ -134,4 +147,31 @@ class ModelService:
             )
             raise PredictionError(502, f"{api_name} failed on every input: {first}")
         rows = type_rows([outcome.row for outcome in outcomes], api.columns)
-        return Prediction(rows=rows, errors=errors)
+        if cache and save_cache:
+            pairs = enumerate(zip(todo, rows))
+            fresh = {v: r for i, (v, r) in pairs if r is not None and i not in errors}
+            await cache.save(api_name, fresh)
+        if len(todo) == len(inputs):
+            return Prediction(rows=rows, errors=errors)
+        return _in_input_order(inputs, hits, todo, Prediction(rows=rows, errors=errors))
+
+
+def _in_input_order(
+    inputs: list[str], hits: dict[str, list[Any]], todo: list[str], computed: Prediction
+) -> Prediction:
+    """Cached and computed rows back in input order; inputs in neither get a null row."""
+    by_input = {
+        value: (row, computed.errors.get(i))
+        for i, (value, row) in enumerate(zip(todo, computed.rows))
+    }
+    rows: list[list[Any] | None] = []
+    errors: dict[int, str] = {}
+    for i, value in enumerate(inputs):
+        if value in hits:
+            rows.append(hits[value])
+            continue
+        row, error = by_input.get(value, (None, "not in the result cache (cache_only)"))
+        rows.append(row)
+        if error:
+            errors[i] = error
+    return Prediction(rows=rows, errors=errors, cached=sum(value in hits for value in inputs))

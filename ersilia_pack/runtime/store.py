@@ -1,0 +1,171 @@
+"""Where jobs and the result cache are kept: one interface, one module per implementation.
+
+SQLite (``store_sqlite.py``, a file in the bundle's state folder) is the default: it survives
+restarts and needs no server. Redis (``store_redis.py``) is picked when a Redis URL is set, so
+several replicas of one model share jobs and cache. Both are synchronous; the async callers run
+them with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from ersilia_pack.runtime.bundle import Bundle
+from ersilia_pack.runtime.settings import ServeSettings
+
+STORES: dict[str, str] = {
+    "sqlite": "ersilia_pack.runtime.store_sqlite:SqliteStore",
+    "redis": "ersilia_pack.runtime.store_redis:RedisStore",
+}
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+ACTIVE_STATES = (QUEUED, RUNNING)
+FINAL_STATES = (DONE, FAILED, CANCELLED)
+
+
+@dataclass
+class JobRecord:
+    """One job: what to run, how far it got, and what it cost."""
+
+    id: str
+    api: str
+    owner: str
+    model_hash: str
+    state: str
+    total: int
+    chunk_size: int
+    chunks: int
+    options: dict[str, bool]
+    created: float
+    updated: float
+    done: int = 0
+    nulls: int = 0
+    computed: int = 0
+    cached: int = 0
+    chunks_processed: int = 0
+    error: str | None = None
+
+    def to_fields(self) -> dict[str, str]:
+        """The record as flat strings (a Redis hash)."""
+        values = asdict(self)
+        values["options"] = json.dumps(self.options)
+        values["error"] = self.error or ""
+        return {key: str(value) for key, value in values.items()}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> JobRecord:
+        """The record back from flat strings."""
+        ints = ("total", "chunk_size", "chunks", "done", "nulls", "computed", "cached")
+        return cls(
+            id=fields["id"],
+            api=fields["api"],
+            owner=fields["owner"],
+            model_hash=fields["model_hash"],
+            state=fields["state"],
+            options=json.loads(fields["options"]),
+            created=float(fields["created"]),
+            updated=float(fields["updated"]),
+            error=fields.get("error") or None,
+            chunks_processed=int(fields.get("chunks_processed", 0)),
+            **{name: int(fields[name]) for name in ints},
+        )
+
+
+@dataclass
+class ChunkResult:
+    """The typed rows of one finished chunk, and why any null row is null (by row in chunk)."""
+
+    rows: list[list[Any] | None]
+    errors: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def nulls(self) -> int:
+        """Rows with no value: inputs the model could not handle, or not in the cache."""
+        return sum(row is None for row in self.rows)
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {"rows": self.rows, "errors": {str(i): e for i, e in self.errors.items()}},
+            separators=(",", ":"),
+            allow_nan=False,
+        )
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> ChunkResult:
+        payload = json.loads(text)
+        return cls(payload["rows"], {int(i): e for i, e in payload["errors"].items()})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A queued or running job this replica may run; ``holder`` is its live lease, if any."""
+
+    job_id: str
+    holder: str | None
+
+
+class Store(Protocol):
+    """Jobs, their chunks and leases, and the result cache."""
+
+    def create_job(self, job: JobRecord, chunks: list[list[str]]) -> None:
+        """Keep a new job and its inputs, split in chunks."""
+
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    def candidates(self, model_hash: str, now: float) -> list[Candidate]:
+        """Queued and running jobs of this model, oldest first."""
+
+    def claim(self, job_id: str, holder: str, until: float, *, takeover: str | None) -> bool:
+        """Take the lease of a queued or running job and mark it running.
+
+        Succeeds when the job has no live lease, or when its holder is ``takeover`` (a holder
+        known to be dead).
+        """
+
+    def renew(self, job_id: str, holder: str, until: float) -> bool:
+        """Extend a lease still held by ``holder`` on a running job."""
+
+    def release(self, job_id: str, holder: str) -> None:
+        """Give a lease up so another replica, or a restart, can take the job at once."""
+
+    def chunk_inputs(self, job_id: str, chunk: int) -> list[str] | None: ...
+
+    def finished_chunks(self, job_id: str) -> set[int]: ...
+
+    def save_chunk(
+        self, job_id: str, chunk: int, result: ChunkResult, *, computed: int, cached: int
+    ) -> bool:
+        """Record a finished chunk once (a second save of it changes no rows); False when the
+        job is no longer running (cancelled, removed)."""
+
+    def read_chunk(self, job_id: str, chunk: int) -> ChunkResult | None: ...
+
+    def finish(self, job_id: str, state: str, error: str | None = None) -> bool:
+        """Move a running job to ``done`` or ``failed`` and drop its lease."""
+
+    def cancel(self, job_id: str) -> str | None:
+        """Cancel an unfinished job (its inputs and rows are removed, its record stays as
+        ``cancelled``) or remove a finished one; the new state, ``deleted``, or None."""
+
+    def purge(self, updated_before: float) -> int:
+        """Remove jobs not updated since ``updated_before``; how many."""
+
+    def cache_get(self, keys: list[bytes]) -> dict[bytes, str]:
+        """Cached rows (JSON) by key, for the keys that are cached."""
+
+    def cache_put(self, items: dict[bytes, str], size: int) -> None:
+        """Cache rows by key, then keep only the newest ``size`` of them."""
+
+    def close(self) -> None: ...
+
+
+def open_store(bundle: Bundle, settings: ServeSettings) -> Store:
+    """The store a served bundle uses: Redis when a URL is set, else SQLite in its state folder."""
+    name = "redis" if settings.redis_url else "sqlite"
+    module_name, _, class_name = STORES[name].partition(":")
+    store_class = getattr(importlib.import_module(module_name), class_name)
+    store: Store = store_class.for_bundle(bundle, settings)
+    return store
