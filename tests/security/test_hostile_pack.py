@@ -70,15 +70,19 @@ def test_a_hostile_model_directory_is_refused_with_every_problem_and_nothing_wri
 ) -> None:
     model = tmp_path / "model"
     shutil.copytree(FIXTURES / "security-hostile", model, symlinks=True)
+    # A link to a folder outside is made here, not kept in the repository, where test
+    # collection would walk through it.
+    (model / "model/checkpoints/up").symlink_to("../../..")
     before = snapshot(tmp_path)
     done = pack(tmp_path, model)
     assert done.returncode == 1, done.stdout + done.stderr
     problems = done.stderr
-    assert "5 problems" in problems
+    assert "6 problems" in problems
     assert "'Identifier' is \"../escape\", not a safe name" in problems
     assert "'Slug' is \"../../slug\", not a safe name" in problems
     assert "model/checkpoints/passwd: is a symlink to /etc/passwd, outside the model" in problems
-    assert "model/checkpoints/outside: is a symlink to ../../../.., outside the model" in problems
+    assert "checkpoints/outside: is a symlink to ../../../../../README.md, outside" in problems
+    assert "model/checkpoints/up: is a symlink to ../../.., outside the model" in problems
     assert "API name '$(touch PWNED)' is not a safe name" in problems
     assert "Traceback" not in problems
     # Not a file, folder or link more anywhere under tmp_path: no EOS, no ../escape, no
