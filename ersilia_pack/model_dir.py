@@ -202,10 +202,12 @@ def _read_api(
     framework = model_dir / "model" / "framework"
     columns_file = framework / "columns" / f"{name}_columns.csv"
     columns: list[Column] = []
+    reported = len(problems)
     if columns_file.is_file():
         columns = _read_columns(
             columns_file, problems, f"model/framework/columns/{columns_file.name}"
         )
+    columns_unreadable = len(problems) > reported
     inputs_file = _first_existing(_example_paths(model_dir, name, "input"))
     outputs_file = _first_existing(_example_paths(model_dir, name, "output"))
     example_input = _example_input(inputs_file) if inputs_file else []
@@ -232,6 +234,18 @@ def _read_api(
                     "regenerate the example output from the example input",
                 )
             )
+    if not columns and not columns_unreadable:
+        # Without column names the server could neither document nor return the outputs.
+        problems.append(
+            Problem(
+                f"model/framework/columns/{name}_columns.csv",
+                "names no output column"
+                if columns_file.is_file()
+                else f"is missing, and no example output of {name} names its output columns",
+                "list each output column as name,type,direction,description, or add "
+                f"model/framework/examples/{name}_output.csv with a header row",
+            )
+        )
     return ApiDefinition(
         name=name,
         kind=kind,

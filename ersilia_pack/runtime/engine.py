@@ -145,7 +145,9 @@ class ApiEngine:
             inputs = list(batch)
             try:
                 outcomes = await self._run_splitting(inputs)
-            except RunError as error:
+            except Exception as error:  # every caller of the batch must hear of any failure
+                if not isinstance(error, RunError):
+                    logger.exception("a run of %d inputs could not be made", len(inputs))
                 for waiting in batch.values():
                     for future in waiting:
                         if not future.done():
