@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,11 @@ def test_a_script_writing_the_wrong_number_of_rows_is_502(packed: Callable[..., 
         response = client.post("/run", json=["a", "bb", "ccc"])
 
     assert response.status_code == 502
-    assert assert_safe_error(response, bundle) == "the model wrote 2 rows for 3 inputs"
+    # how the inputs were batched decides the counts; one row is always missing
+    detail = assert_safe_error(response, bundle)
+    match = re.fullmatch(r"the model wrote (\d+) rows for (\d+) inputs", detail)
+    assert match, detail
+    assert int(match.group(1)) == int(match.group(2)) - 1
 
 
 def test_a_hanging_script_is_504_and_killed_with_its_children(
@@ -57,7 +62,8 @@ def test_a_hanging_script_is_504_and_killed_with_its_children(
     # the child hang.py starts
     marker = str(bundle / "model" / "framework")
 
-    with app_client(bundle, timeout=2) as client, ThreadPoolExecutor(1) as pool:
+    # a timeout long enough for all three processes to start on a busy machine
+    with app_client(bundle, timeout=4) as client, ThreadPoolExecutor(1) as pool:
         pending = pool.submit(client.post, "/run", json=["CCO"])
         seen: list[int] = []
         deadline = time.monotonic() + 30
@@ -67,9 +73,9 @@ def test_a_hanging_script_is_504_and_killed_with_its_children(
         response = pending.result()
         leftovers = wait_until_gone(marker)
 
-    assert len(seen) == 3, "the run should have had bash, hang.py and its child alive"
+    assert len(seen) == 3, f"bash, hang.py and its child should have run, saw {seen}"
     assert response.status_code == 504
-    assert assert_safe_error(response, bundle) == "run did not finish within 2 s"
+    assert assert_safe_error(response, bundle) == "run did not finish within 4 s"
     assert leftovers == [], f"processes outlived the timed-out run: {leftovers}"
 
 

@@ -10,8 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import DEMO_DIR, ROOT, pack_fixture
+from helpers import DEMO_DIR, FIXTURES, ROOT, pack_fixture
 
+from ersilia_pack.errors import RenderError
+from ersilia_pack.pack import pack
 from ersilia_pack.runtime.bundle import TAG_PATTERN
 
 FIXTURE_NAMES = ["stdlib-simple", "load-once-py", "bad-input-fails"]
@@ -20,8 +22,6 @@ FIXTURE_NAMES = ["stdlib-simple", "load-once-py", "bad-input-fails"]
 @pytest.fixture(scope="module")
 def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo model (two APIs, one load-once) packed once for this module."""
-    from ersilia_pack.pack import pack
-
     root = tmp_path_factory.mktemp("demo-repository")
     return pack(DEMO_DIR, backend="system", repository_root=root).bundle_dir
 
@@ -106,3 +106,16 @@ def test_a_repack_adds_a_newer_bundle_and_keeps_the_older(tmp_path: Path) -> Non
     assert first.parent == second.parent
     assert sorted(path.name for path in first.parent.iterdir()) == [first.name, second.name]
     assert second.name > first.name
+
+
+def test_a_model_failing_its_example_check_leaves_nothing_behind(tmp_path: Path) -> None:
+    with pytest.raises(RenderError) as caught:
+        pack(FIXTURES / "crashing-script", backend="system", repository_root=tmp_path)
+
+    assert caught.value.exit_code == 4
+    message = caught.value.render()
+    assert message.startswith("the packed model does not reproduce its examples:")
+    assert "run: the example input failed: run exited with code 1" in message
+    assert "Traceback" not in message
+    # no bundle, no staging folder, not even the model's folder: it did not exist before
+    assert list(tmp_path.iterdir()) == []

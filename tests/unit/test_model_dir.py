@@ -12,6 +12,15 @@ from ersilia_pack.model_dir import read_model_dir
 
 CARD = "Identifier: eos-unit\nSlug: unit-model\n"
 RUN_SH = "python $1/code/main.py $2 $3\n"
+
+
+def columns_of(*apis: str) -> dict[str, str]:
+    """A one-column columns file for each API (an API must name its output columns)."""
+    return {
+        f"model/framework/columns/{api}_columns.csv": "name,type\nvalue,float\n" for api in apis
+    }
+
+
 LOAD_ONCE = """\
 class Model:
     def load(self):
@@ -42,6 +51,7 @@ def test_a_valid_directory_is_read(tmp_path: Path) -> None:
             "metadata.yml": CARD + "Title: A unit model\n",
             "install.sh": "pip install nothing\n",
             "model/framework/run.sh": RUN_SH,
+            **columns_of("run"),
         },
     )
 
@@ -146,6 +156,7 @@ def test_apis_come_from_sh_and_load_once_py_files(tmp_path: Path) -> None:
             # a class with only one of the two methods is no API either
             "model/framework/half.py": "class Half:\n    def predict(self, xs):\n        pass\n",
             "model/framework/broken.py": "class Broken(:\n",
+            **columns_of("embed", "fingerprint", "run"),
         },
     )
 
@@ -165,6 +176,7 @@ def test_py_wins_over_sh_of_the_same_name(tmp_path: Path) -> None:
             "metadata.yml": CARD,
             "model/framework/run.sh": RUN_SH,
             "model/framework/run.py": LOAD_ONCE,
+            **columns_of("run"),
         },
     )
 
@@ -176,7 +188,12 @@ def test_py_wins_over_sh_of_the_same_name(tmp_path: Path) -> None:
 def test_an_unsafe_api_name_is_reported(tmp_path: Path) -> None:
     write_tree(
         tmp_path,
-        {"metadata.yml": CARD, "model/framework/run.sh": RUN_SH, "model/framework/my run.sh": ""},
+        {
+            "metadata.yml": CARD,
+            "model/framework/run.sh": RUN_SH,
+            "model/framework/my run.sh": "",
+            **columns_of("run"),
+        },
     )
 
     lines = problems_of(tmp_path)
@@ -294,3 +311,26 @@ def test_without_columns_the_example_output_names_and_types_them(tmp_path: Path)
         ("empty", "other"),
     ]
     assert api.example_input == ["CCO", "CCN"]
+
+
+def test_an_api_whose_output_columns_nothing_names_is_reported(tmp_path: Path) -> None:
+    write_tree(
+        tmp_path,
+        {
+            "metadata.yml": CARD,
+            "model/framework/run.sh": RUN_SH,
+            "model/framework/other.sh": RUN_SH,
+            "model/framework/columns/other_columns.csv": "name,type,direction,description\n",
+            # an example input alone does not name the outputs
+            "model/framework/examples/run_input.csv": "input\nCCO\n",
+        },
+    )
+
+    assert problems_of(tmp_path) == [
+        "model/framework/columns/other_columns.csv: names no output column (list each output "
+        "column as name,type,direction,description, or add "
+        "model/framework/examples/other_output.csv with a header row)",
+        "model/framework/columns/run_columns.csv: is missing, and no example output of run "
+        "names its output columns (list each output column as name,type,direction,description, "
+        "or add model/framework/examples/run_output.csv with a header row)",
+    ]
