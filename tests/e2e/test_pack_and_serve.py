@@ -101,7 +101,8 @@ def test_pack_and_serve_a_standard_library_model(eos: Path, backend: str) -> Non
         assert f"install runs in {prefix}" in packed.stderr
 
     inputs, expected = example(model_dir, "run")
-    with served(repository) as url:
+    # ersilia_serve takes the model's repository folder (its newest bundle) or a bundle itself
+    with served(repository if backend == "venv" else bundle) as url:
         status, rows = post_json(f"{url}/run", inputs)
         root = get_json(f"{url}/")
 
