@@ -127,9 +127,12 @@ def read_metadata(model_dir: Path, problems: list[Problem]) -> tuple[dict[str, A
             )
         )
         return {}, "metadata.yml"
+    reported = len(problems)
     raw = _parse(path, problems)
-    if raw is None:
+    if len(problems) > reported:
         return {}, path.name
+    if raw is None:
+        raw = {}  # an empty card (or only comments, or null): report what it lacks below
     if not isinstance(raw, dict):
         problems.append(
             Problem(

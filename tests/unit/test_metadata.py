@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from helpers import write_tree
 
 from ersilia_pack.errors import Problem
@@ -149,3 +150,20 @@ def test_safe_names() -> None:
         assert is_safe_name(good), good
     for bad in ("../x", "has space", "a/b", ".hidden", "-flag", "a..b", "", "x" * 101, "é"):
         assert not is_safe_name(bad), bad
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("metadata.yml", ""), ("metadata.yml", "# only a comment\n"), ("metadata.json", "null")],
+)
+def test_an_empty_card_reports_both_missing_names(tmp_path: Path, name: str, text: str) -> None:
+    write_tree(tmp_path, {name: text})
+    problems: list[Problem] = []
+
+    card, _ = read_metadata(tmp_path, problems)
+
+    assert card == {}
+    assert [str(problem) for problem in problems] == [
+        f"{name}: 'Identifier' is missing (e.g. Identifier: eos3b5e)",
+        f"{name}: 'Slug' is missing (e.g. Slug: molecular-weight)",
+    ]

@@ -334,3 +334,14 @@ def test_an_api_whose_output_columns_nothing_names_is_reported(tmp_path: Path) -
         "names its output columns (list each output column as name,type,direction,description, "
         "or add model/framework/examples/run_output.csv with a header row)",
     ]
+
+
+def test_an_empty_metadata_file_is_reported_not_crashed_on(tmp_path: Path) -> None:
+    write_tree(
+        tmp_path, {"metadata.yml": "", "model/framework/run.sh": RUN_SH, **columns_of("run")}
+    )
+
+    assert problems_of(tmp_path) == [
+        "metadata.yml: 'Identifier' is missing (e.g. Identifier: eos3b5e)",
+        "metadata.yml: 'Slug' is missing (e.g. Slug: molecular-weight)",
+    ]
