@@ -171,6 +171,7 @@ class ScriptRunner:
             raise RunTimeout(f"{self.api.name} did not finish within {self.timeout:g} s") from error
         except asyncio.CancelledError:
             _kill_group(process)
+            await process.wait()  # reap it, so no transport is left open
             raise
         finally:
             _kill_group(process)  # nothing the script started outlives its run
