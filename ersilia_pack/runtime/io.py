@@ -86,11 +86,22 @@ def _csv_from_multipart(content_type: str, body: bytes) -> str:
     message = BytesParser(policy=HTTP).parsebytes(head + body)
     if not message.is_multipart():
         raise InputError("the multipart body could not be read", 400)
+    fields: list[tuple[str | None, str | None, bytes]] = []
     for part in message.iter_parts():
         payload = part.get_payload(decode=True)
-        if isinstance(payload, bytes) and (part.get_filename() or part.get_param("name")):
-            return payload.decode("utf-8-sig", errors="replace")
-    raise InputError("the multipart body has no file: upload the CSV as a file field")
+        if isinstance(payload, bytes):
+            name = part.get_param("name", header="content-disposition")
+            fields.append((part.get_filename(), name if isinstance(name, str) else None, payload))
+    # A file upload first; else the CSV sent as a plain field named "file" (curl -F 'file=<x')
+    # or as the form's only field.
+    chosen = next((data for filename, _, data in fields if filename), None)
+    if chosen is None:
+        chosen = next((data for _, name, data in fields if name == "file"), None)
+    if chosen is None and len(fields) == 1:
+        chosen = fields[0][2]
+    if chosen is None:
+        raise InputError("the multipart body has no file: upload the CSV as a file field")
+    return chosen.decode("utf-8-sig", errors="replace")
 
 
 def parse_inputs(content_type: str, body: bytes) -> list[str]:

@@ -122,14 +122,28 @@ def test_bad_uploads(content_type: str, raw: bytes, status: int, words: str) -> 
     assert words in str(caught.value)
 
 
-def test_multipart_without_a_file_is_422() -> None:
-    content_type = "multipart/form-data; boundary=b0undary"
-    raw = (
+def form(*fields: tuple[str, str]) -> tuple[str, bytes]:
+    """A multipart body of plain fields (no filename), as ``curl -F 'name=<file'`` sends."""
+    raw = b"".join(
         b"--b0undary\r\n"
-        b'Content-Disposition: form-data; name="note"\r\n\r\n'
-        b"no file here\r\n"
-        b"--b0undary--\r\n"
+        + f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields
     )
+    return "multipart/form-data; boundary=b0undary", raw + b"--b0undary--\r\n"
+
+
+def test_a_csv_sent_as_a_plain_field_named_file() -> None:
+    content_type, raw = form(("note", "not the inputs"), ("file", "input\nCCO\nCCN\n"))
+    assert parse_inputs(content_type, raw) == ["CCO", "CCN"]
+
+
+def test_a_csv_sent_as_the_only_field() -> None:
+    content_type, raw = form(("inputs", "smiles\nCCO\n"))
+    assert parse_inputs(content_type, raw) == ["CCO"]
+
+
+def test_multipart_without_a_file_is_422() -> None:
+    content_type, raw = form(("note", "no file here"), ("other", "nor here"))
     with pytest.raises(InputError) as caught:
         parse_inputs(content_type, raw)
     assert caught.value.status_code == 422
