@@ -137,7 +137,12 @@ def test_an_unsupported_content_type_is_415(server: Server) -> None:
         (b"", "application/json", 422, "empty"),
         (b"input\n", "text/csv", 422, "no inputs"),
         (b"input\n" + b"a" * 200_000, "text/csv", 413, str(MAX_BODY)),
-        (b"--b\r\n\r\n", "multipart/form-data; boundary=b", 422, "no file"),
+        (
+            b"--b\r\n\r\nx\r\n--b\r\n\r\ny\r\n--b--\r\n",  # two parts, neither a file
+            "multipart/form-data; boundary=b",
+            422,
+            "no file",
+        ),
         (b"--b\r\n\r\n", "multipart/form-data", 400, "could not be read"),
     ],
 )
