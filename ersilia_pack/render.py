@@ -105,7 +105,8 @@ _ANNOTATIONS = {
 }
 
 
-def _api_context(api: ApiDefinition) -> ApiContext:
+def _api_context(api: ApiDefinition, modules: set[str]) -> ApiContext:
+    """An API's names in the generated code; ``modules`` holds those other APIs took."""
     taken: set[str] = set()
     fields = [
         FieldContext(
@@ -116,9 +117,18 @@ def _api_context(api: ApiDefinition) -> ApiContext:
         )
         for column in api.columns
     ]
-    module = "api_" + re.sub(r"\W", "_", api.name).lower()
+    # APIs whose names differ only in case or punctuation (my-api, my_api) need their own
+    # module and row class, or one would overwrite the other.
+    base, suffix, number = "api_" + re.sub(r"\W", "_", api.name).lower(), "", 2
+    while base + suffix in modules:
+        suffix, number = f"_{number}", number + 1
+    modules.add(base + suffix)
     return ApiContext(
-        name=api.name, module=module, row_class=_class_name(api.name), kind=api.kind, fields=fields
+        name=api.name,
+        module=base + suffix,
+        row_class=_class_name(api.name + suffix),
+        kind=api.kind,
+        fields=fields,
     )
 
 
@@ -209,13 +219,14 @@ def render_bundle(
     """Write a complete bundle (all but status.json) into ``target``."""
     target.mkdir(parents=True, exist_ok=True)
     shutil.copytree(spec.root / "model", target / "model", ignore=_COPY_IGNORE, dirs_exist_ok=True)
+    modules: set[str] = set()
     context = RenderContext(
         model_id=spec.model_id,
         slug=spec.slug,
         title=str(spec.metadata.get("Title") or spec.model_id),
         version=__version__,
         tag=tag,
-        apis=[_api_context(api) for api in spec.apis],
+        apis=[_api_context(api, modules) for api in spec.apis],
         plan=spec.plan,
     )
     app_dir = target / "app"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import DEMO_DIR, FIXTURES, ROOT, pack_fixture
+from helpers import DEMO_DIR, FIXTURES, ROOT, app_client, pack_fixture, write_tree
 
 from ersilia_pack.errors import RenderError
 from ersilia_pack.pack import pack
@@ -119,3 +119,52 @@ def test_a_model_failing_its_example_check_leaves_nothing_behind(tmp_path: Path)
     assert "Traceback" not in message
     # no bundle, no staging folder, not even the model's folder: it did not exist before
     assert list(tmp_path.iterdir()) == []
+
+
+AWKWARD_COLUMNS = ["mol weight", "class", "1st", "model_config", "a-b", "a_b", "Äö", "json"]
+ECHO_LENGTH = """\
+import csv
+import sys
+
+with open(sys.argv[1], newline="") as handle:
+    inputs = [row[0] for row in list(csv.reader(handle))[1:]]
+with open(sys.argv[2], "w", newline="") as handle:
+    writer = csv.writer(handle)
+    writer.writerow(COLUMNS)
+    writer.writerows([len(text) + i for i in range(len(COLUMNS))] for text in inputs)
+"""
+
+
+def test_awkward_column_and_api_names_render_and_answer(tmp_path: Path) -> None:
+    header = ",".join(f'"{name}"' for name in AWKWARD_COLUMNS)
+    files = {
+        "metadata.yml": "Identifier: awkward-names\nSlug: awkward\nTitle: 'A \"quoted\" {title}'\n",
+        "model/framework/code/main.py": ECHO_LENGTH.replace("COLUMNS", repr(AWKWARD_COLUMNS)),
+    }
+    # two APIs whose names differ only in punctuation
+    for api in ("my-api", "my_api"):
+        files[f"model/framework/{api}.sh"] = "python $1/code/main.py $2 $3\n"
+        files[f"model/framework/columns/{api}_columns.csv"] = (
+            "name,type,direction,description\n"
+            + ("".join(f'"{name}",integer,,"the ""{name}"" column"\n' for name in AWKWARD_COLUMNS))
+        )
+        files[f"model/framework/examples/{api}_input.csv"] = "input\nab\n"
+        files[f"model/framework/examples/{api}_output.csv"] = (
+            header + "\n" + ",".join(str(2 + i) for i in range(len(AWKWARD_COLUMNS))) + "\n"
+        )
+    model_dir = write_tree(tmp_path / "model", files)
+
+    bundle = pack(model_dir, backend="system", repository_root=tmp_path / "repository").bundle_dir
+
+    lint = ruff_check(bundle / "app")
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    expected = {name: 3 + i for i, name in enumerate(AWKWARD_COLUMNS)}
+    with app_client(bundle) as client:
+        for api in ("my-api", "my_api"):
+            response = client.post(f"/{api}", json=["abc"])
+            assert response.status_code == 200, (api, response.text)
+            assert response.json() == [expected]
+        document = client.get("/openapi.json").json()
+    properties = document["components"]["schemas"]["MyApiRow"]["properties"]
+    assert list(properties) == AWKWARD_COLUMNS
+    assert properties["class"]["description"] == 'the "class" column'
