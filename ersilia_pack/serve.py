@@ -7,6 +7,7 @@ from pathlib import Path
 
 import uvicorn
 
+from ersilia_pack.errors import ServeError
 from ersilia_pack.runtime.bundle import find_bundle
 from ersilia_pack.runtime.loader import create_bundle_app
 from ersilia_pack.runtime.settings import ServeSettings
@@ -40,4 +41,14 @@ def serve(
         timeout_graceful_shutdown=10,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    except SystemExit as stopped:
+        # uvicorn exits with its own code when it cannot start (port taken, app start-up
+        # failed); ersilia_serve's code for that is the serve error's.
+        if stopped.code in (0, None):
+            raise
+        raise ServeError(
+            f"{app.state.bundle.manifest.model_id} could not be served on {host}:{port}: "
+            "see uvicorn's error above"
+        ) from stopped

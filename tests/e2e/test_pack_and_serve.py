@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -226,3 +228,20 @@ def test_serving_a_folder_with_no_bundle_fails_clearly(tmp_path: Path) -> None:
     assert "Uvicorn running" not in result.stderr
     assert missing.returncode != 0
     assert f"{tmp_path / 'nowhere'} does not exist or is not a folder" in missing.stderr
+
+
+def test_serving_on_a_taken_port_exits_4(packed: Callable[..., Path]) -> None:
+    bundle = packed("stdlib-simple")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = run_command(
+            "ersilia_serve", "--repository_dir", bundle, "--port", str(port), timeout=60
+        )
+
+    assert result.returncode == 4
+    assert "address already in use" in result.stderr
+    assert f"error: stdlib-simple could not be served on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
