@@ -245,3 +245,16 @@ def test_serving_on_a_taken_port_exits_4(packed: Callable[..., Path]) -> None:
     assert "address already in use" in result.stderr
     assert f"error: stdlib-simple could not be served on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bad_arguments_exit_1_with_a_usage_message(tmp_path: Path) -> None:
+    no_model = run_command("ersilia_pack", "--system", "--eos", tmp_path, timeout=60)
+    bad_port = run_command(
+        "ersilia_serve", "--repository_dir", tmp_path, "--port", "70000", timeout=60
+    )
+
+    assert no_model.returncode == 1
+    assert "Missing option '--model_dir'" in no_model.stderr
+    assert bad_port.returncode == 1
+    assert "Invalid value for '--port'" in bad_port.stderr
+    assert "Traceback" not in no_model.stderr + bad_port.stderr
