@@ -20,6 +20,7 @@ class Outcome:
 
     row: list[Any] | None
     error: str | None = None
+    stderr_tail: str = ""
 
 
 class ModelBroken(RunError):
@@ -194,7 +195,7 @@ class ApiEngine:
     async def _bisect(self, inputs: list[str], error: RunFailed) -> list[Outcome]:
         if len(inputs) == 1:
             logger.info("input %r failed: %s", inputs[0][:80], error.detail)
-            return [Outcome(None, error.detail)]
+            return [Outcome(None, error.detail, error.stderr_tail)]
         middle = len(inputs) // 2
         outcomes: list[Outcome] = []
         for half in (inputs[:middle], inputs[middle:]):

@@ -285,7 +285,8 @@ class ProcessPool:
         self._env = env
         self._cwd = cwd
         self._idle: asyncio.Queue[_Helper] = asyncio.Queue()
-        self._helpers: set[_Helper] = set()
+        self._helpers: set[_Helper] = set()  # loaded and in service
+        self._spawned: set[_Helper] = set()  # every live process, loaded or not
         self._starting: set[asyncio.Task[None]] = set()
         self._closed = False
         self.load_error: str | None = None
@@ -321,16 +322,20 @@ class ProcessPool:
             start_new_session=True,
         )
         helper = _Helper(process, self.name)
+        self._spawned.add(helper)
         try:
             hello = await asyncio.wait_for(helper.receive(), self.timeout)
+        except asyncio.CancelledError:  # stopped while it was loading: it must not outlive us
+            await self._discard(helper)
+            raise
         except (RunFailed, asyncio.TimeoutError) as error:
-            await helper.kill()
+            await self._discard(helper)
             reason = str(error) or "it did not answer in time"
             self.load_error = f"the {self.name} process failed to start: {reason}"
             logger.error("%s\n%s", self.load_error, "\n".join(helper.stderr))
             return
         if not hello.get("ready"):
-            await helper.kill()
+            await self._discard(helper)
             self.load_error = f"the {self.name} model failed to load"
             logger.error("%s:\n%s", self.load_error, hello.get("error", ""))
             return
@@ -338,14 +343,18 @@ class ProcessPool:
         self._helpers.add(helper)
         await self._idle.put(helper)
 
+    async def _discard(self, helper: _Helper) -> None:
+        self._spawned.discard(helper)
+        self._helpers.discard(helper)
+        await helper.kill()
+
     async def stop(self) -> None:
         self._closed = True
         for task in list(self._starting):
             task.cancel()
         await asyncio.gather(*self._starting, return_exceptions=True)
-        for helper in list(self._helpers):
-            await helper.kill()
-        self._helpers.clear()
+        for helper in list(self._spawned):
+            await self._discard(helper)
 
     async def _take(self) -> _Helper:
         while True:
@@ -362,8 +371,7 @@ class ProcessPool:
             await self._retire(helper)  # died while idle
 
     async def _retire(self, helper: _Helper) -> None:
-        self._helpers.discard(helper)
-        await helper.kill()
+        await self._discard(helper)
         self.replaced += 1
         self._spawn()
 

@@ -42,6 +42,9 @@ def public_reason(detail: str, stderr_tail: str = "") -> str:
     return _PATH.sub(r"\1", text)[:500]
 
 
+NO_VALUES = "the model gave no values for this input"
+
+
 class PredictionError(Exception):
     """A request the model could not answer; carries the HTTP status and a safe detail."""
 
@@ -136,9 +139,12 @@ class ModelService:
             )
             raise PredictionError(502, public_reason(error.detail, error.stderr_tail)) from error
         errors = {
-            i: public_reason(outcome.error) for i, outcome in enumerate(outcomes) if outcome.error
+            i: public_reason(outcome.error, outcome.stderr_tail) if outcome.error else NO_VALUES
+            for i, outcome in enumerate(outcomes)
+            if outcome.error or outcome.row is None
         }
-        if errors and len(errors) == len(outcomes) and not api.example_input:
+        failed = [i for i, outcome in enumerate(outcomes) if outcome.error]
+        if failed and len(failed) == len(outcomes) and not api.example_input:
             # With no example input to tell a broken model from bad inputs, all failing is
             # a model failure.
             first = next(iter(errors.values()))

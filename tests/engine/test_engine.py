@@ -153,6 +153,8 @@ def test_one_bad_input_among_100_gets_one_null_row(tmp_path: Path, cold: bool) -
     (failed,) = body["meta"]["failed"]
     assert failed["index"] == 37 and failed["input"] == "BAD"
     assert "exited with code 1" in failed["reason"]
+    assert "cannot read BAD" in failed["reason"]  # the model's own last words
+    assert str(tmp_path) not in response.text
 
 
 def test_concurrent_callers_get_their_own_rows_in_merged_runs(tmp_path: Path) -> None:
@@ -274,3 +276,41 @@ def test_duplicates_within_a_request_are_computed_once(tmp_path: Path) -> None:
     assert [row["reversed"] for row in rows] == ["a", "b", "a", "a", "c", "b"]
     runs = [json.loads(line) for line in counter.read_text().splitlines()]
     assert runs == [["a", "b", "c"]]
+
+
+def test_a_null_row_the_model_chose_is_counted_with_a_reason(tmp_path: Path) -> None:
+    bundle = pack(DEMO_DIR, backend="system", repository_root=tmp_path).bundle_dir
+    with app_client(bundle, workers=1) as client:
+        response = post(client, "run", ["CCO", "not a molecule"], with_meta="true")
+        plain = post(client, "esol", ["CCO", "not a molecule"])
+    body = response.json()
+    assert response.headers["X-Failed-Rows"] == "1"
+    assert body["result"][1] == dict.fromkeys(body["result"][0])
+    assert body["meta"]["failed"] == [
+        {"index": 1, "input": "not a molecule", "reason": "the model gave no values for this input"}
+    ]
+    assert plain.headers["X-Failed-Rows"] == "1"
+    assert plain.json()[1] == {"logs": None, "solubility_class": None}
+
+
+def test_workers_still_loading_when_the_server_stops_do_not_outlive_it(tmp_path: Path) -> None:
+    files = {
+        "model/framework/run.py": (
+            "import time\n\n\n"
+            "class Sleepy:\n"
+            "    def load(self):\n"
+            "        time.sleep(30)\n\n"
+            "    def predict(self, inputs):\n"
+            "        return [[value] for value in inputs]\n"
+        ),
+        "model/framework/columns/run_columns.csv": "name,type\necho,string\n",
+    }
+    source = model_dir(tmp_path, "sleepy", files)
+    bundle = pack(source, backend="system", repository_root=tmp_path / "repo", check=False)
+    marker = str(bundle.bundle_dir / "app" / "worker.py")
+    with app_client(bundle.bundle_dir, workers=2):
+        deadline = time.monotonic() + 20
+        while len(processes_mentioning(marker)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(processes_mentioning(marker)) == 2
+    assert processes_mentioning(marker) == []
