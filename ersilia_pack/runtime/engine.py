@@ -131,8 +131,10 @@ class ApiEngine:
                 queue = self._next_queue()
             if self.batch_wait and queue is self._pending and len(queue) < self.batch_size:
                 await asyncio.sleep(self.batch_wait)
-            # Share what is waiting across the slots rather than filling one run first.
-            size = min(self.batch_size, -(-len(queue) // self.runner.concurrency))
+            # Share what is waiting across the free slots rather than filling one run first;
+            # with one slot free, everything waiting goes into this run.
+            free = max(1, self.runner.concurrency - len(self._running))
+            size = min(self.batch_size, -(-len(queue) // free))
             batch: OrderedDict[str, list[asyncio.Future[Outcome]]] = OrderedDict()
             while queue and len(batch) < size:
                 value, waiting = queue.popitem(last=False)
