@@ -127,22 +127,20 @@ class ServerStartError(AssertionError):
 
 
 @contextlib.contextmanager
-def served(
-    repository_dir: Path,
-    *args: str,
-    command: str = "ersilia_serve",
-    path_option: str = "--repository_dir",
-    startup_timeout: float = 60,
+def server_process(
+    argv: list[str],
+    *,
     env: Mapping[str, str] | None = None,
+    startup_timeout: float = 60,
+    ready_line: re.Pattern[str] = UVICORN_LINE,
 ) -> Iterator[str]:
-    """Serve a packed model with the real console script on a free port; yield its base URL.
+    """Start a server command in its own session; yield the URL of its uvicorn line.
 
-    The server starts in its own session; the URL comes from uvicorn's
-    ``Uvicorn running on http://HOST:PORT`` line on stderr, as the Ersilia client finds it.
-    Its whole process group is killed on the way out, whatever happened inside.
+    The URL comes from the first stderr line matching ``ready_line``, as the Ersilia client
+    finds it. The whole process group is stopped on the way out, whatever happened inside.
     """
     process = subprocess.Popen(
-        [console_script(command), path_option, str(repository_dir), "--port", "0", *args],
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -163,6 +161,7 @@ def served(
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
+    name = Path(argv[0]).name
     try:
         deadline = time.monotonic() + startup_timeout
         url = None
@@ -175,10 +174,10 @@ def served(
             else:
                 problem = "" if line is not None else f"exited with code {process.wait(10)}"
             if problem:
-                raise ServerStartError(f"{command} {problem}; its output:\n" + "".join(seen))
+                raise ServerStartError(f"{name} {problem}; its output:\n" + "".join(seen))
             assert line is not None
             seen.append(line)
-            match = UVICORN_LINE.search(line)
+            match = ready_line.search(line)
             if match:
                 url = match.group(1)
         yield url
@@ -194,6 +193,21 @@ def served(
         reader.join(timeout=10)
         if process.stderr is not None:
             process.stderr.close()
+
+
+@contextlib.contextmanager
+def served(
+    repository_dir: Path,
+    *args: str,
+    command: str = "ersilia_serve",
+    path_option: str = "--repository_dir",
+    startup_timeout: float = 60,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[str]:
+    """Serve a packed model with the real console script on a free port; yield its base URL."""
+    argv = [console_script(command), path_option, str(repository_dir), "--port", "0", *args]
+    with server_process(argv, env=env, startup_timeout=startup_timeout) as url:
+        yield url
 
 
 def processes_mentioning(marker: str) -> list[int]:

@@ -13,17 +13,15 @@ import gzip
 import http.client
 import json
 import os
-import queue
 import re
-import signal
 import subprocess
-import threading
-import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from helpers import server_process
 
 UVICORN_LINE = re.compile(r"Uvicorn running on (http://\S+) \(Press CTRL\+C to quit\)")
 # What requests 2.x sends besides the body headers; the Ersilia client uses requests.
@@ -56,53 +54,11 @@ def serving(
     script: str | Path, *args: str | Path, env: Mapping[str, str] | None = None
 ) -> Iterator[str]:
     """Start a server command (e.g. ``ersilia_model_serve --bundle_path P --port 0``); yield the
-    URL from its uvicorn line, the way the client finds it; kill its process group at the end."""
-    process = subprocess.Popen(
-        [str(script), *map(str, args)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-        env={**os.environ, **(env or {})},
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    seen: list[str] = []
-
-    def drain() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            lines.put(line)
-        lines.put(None)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty as error:
-                raise AssertionError(f"no uvicorn line within 60 s:\n{''.join(seen)}") from error
-            if line is None:
-                raise AssertionError(f"the server exited ({process.wait()}):\n{''.join(seen)}")
-            seen.append(line)
-            match = UVICORN_LINE.search(line)
-            if match:
-                break
-        yield match.group(1)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-        reader.join(timeout=10)
-        if process.stderr is not None:
-            process.stderr.close()
+    URL from its uvicorn line, which must read exactly as the client expects it; kill its
+    process group at the end."""
+    argv = [str(script), *map(str, args)]
+    with server_process(argv, env=env, ready_line=UVICORN_LINE) as url:
+        yield url
 
 
 @dataclass
