@@ -62,11 +62,6 @@ class ApiEngine:
     def ready(self) -> bool:
         return self._dispatcher is not None and self.runner.ready
 
-    @property
-    def in_flight(self) -> int:
-        """Runs started and not yet finished."""
-        return len(self._running)
-
     async def start(self) -> None:
         await self.runner.start()
         self._dispatcher = asyncio.create_task(self._dispatch_forever())
