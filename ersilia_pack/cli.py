@@ -239,6 +239,27 @@ def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
             help="allow browser calls from this origin (repeatable); off by default",
         ),
         click.option(
+            "--cache-size",
+            "cache_size",
+            type=click.IntRange(0),
+            default=None,
+            help="rows kept in the result cache, oldest evicted first; 0 turns it off",
+        ),
+        click.option(
+            "--job-chunk-size",
+            "job_chunk_size",
+            type=click.IntRange(1),
+            default=None,
+            help="inputs a job computes (and records) at a time",
+        ),
+        click.option(
+            "--job-ttl-hours",
+            "job_ttl_hours",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="hours after which finished and abandoned jobs are removed",
+        ),
+        click.option(
             "--redis-url",
             "redis_url",
             default=None,

@@ -8,9 +8,10 @@ from pathlib import Path
 import uvicorn
 
 from ersilia_pack.errors import ServeError
-from ersilia_pack.runtime.bundle import find_bundle
+from ersilia_pack.runtime.bundle import find_bundle, load_bundle
 from ersilia_pack.runtime.loader import create_bundle_app
 from ersilia_pack.runtime.settings import ServeSettings
+from ersilia_pack.runtime.store import open_store
 
 logger = logging.getLogger("ersilia_pack")
 
@@ -31,6 +32,10 @@ def serve(
     """
     bundle_dir = find_bundle(path)
     logger.info("serving %s", bundle_dir)
+    settings = settings or ServeSettings.from_env()
+    if settings.redis_url:
+        # Fail here, with a plain message, rather than inside uvicorn's start-up.
+        open_store(load_bundle(bundle_dir), settings).close()
     app = create_bundle_app(bundle_dir, settings)
     config = uvicorn.Config(
         app,
