@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -65,15 +66,31 @@ def _run(command: click.Command) -> Callable[[], None]:
     return main
 
 
+_BACKEND_HELP = {
+    "system": "install with the current Python and PATH (containers)",
+    "venv": "install into a virtual environment in the repository (default)",
+    "conda": "install into a conda environment named after the model",
+}
+
+
 def _backend_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--system``, ``--venv`` and ``--conda`` as one ``backend`` argument (None: not given);
+    two of them at once is a usage error, not a silent choice."""
+
+    @functools.wraps(function)
+    def with_backend(**kwargs: Any) -> Any:
+        chosen = [name for name in BACKENDS if kwargs.pop(f"backend_{name}")]
+        if len(chosen) > 1:
+            raise click.UsageError(
+                f"choose one backend, not {' and '.join('--' + name for name in chosen)}"
+            )
+        return function(backend=chosen[0] if chosen else None, **kwargs)
+
     for name in reversed(list(BACKENDS)):
-        help_text = {
-            "system": "install with the current Python and PATH (containers)",
-            "venv": "install into a virtual environment in the repository (default)",
-            "conda": "install into a conda environment named after the model",
-        }[name]
-        function = click.option(f"--{name}", "backend", flag_value=name, help=help_text)(function)
-    return function
+        with_backend = click.option(
+            f"--{name}", f"backend_{name}", is_flag=True, help=_BACKEND_HELP[name]
+        )(with_backend)
+    return with_backend
 
 
 def _logging_options(function: Callable[..., Any]) -> Callable[..., Any]:
