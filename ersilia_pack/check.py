@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from ersilia_pack.runtime.settings import ServeSettings
 logger = logging.getLogger("ersilia_pack")
 
 RELATIVE_TOLERANCE = 1e-4
+WARM_CHECK_MIN_SECONDS = 30.0
 MAX_REPORTED = 10
 
 
@@ -108,6 +110,7 @@ async def _check(bundle_dir: Path, settings: ServeSettings, *, warm: bool) -> Ch
         for api in bundle.manifest.apis:
             if not api.example_input:
                 continue
+            began = time.monotonic()
             try:
                 prediction = await service.predict(api.name, api.example_input)
             except PredictionError as error:
@@ -117,9 +120,11 @@ async def _check(bundle_dir: Path, settings: ServeSettings, *, warm: bool) -> Ch
             if api.example_output:
                 report.differences.extend(compare(api, prediction.rows))
             if api.warm_script and warm:
-                report.warm[api.name] = await warm_agrees(
-                    bundle, api, prediction.rows, settings.timeout
-                )
+                # A warm run that hangs (say, a fork after a library started threads) must not
+                # hold the pack for the whole run timeout: it gets ten times the cold run.
+                cold_seconds = time.monotonic() - began
+                limit = min(settings.timeout, max(WARM_CHECK_MIN_SECONDS, 10 * cold_seconds))
+                report.warm[api.name] = await warm_agrees(bundle, api, prediction.rows, limit)
     finally:
         await service.stop()
     return report

@@ -252,9 +252,17 @@ class _Helper:
         return await self.receive()
 
     async def kill(self) -> None:
+        """Kill the process and everything it started, and close every pipe to it."""
         _kill_group(self.process)
         with contextlib.suppress(ProcessLookupError):
             await self.process.wait()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        # With the whole group dead the pipes reach their end: reading to it closes them.
+        with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
+            if self.process.stdout is not None:
+                await asyncio.wait_for(self.process.stdout.read(), 5)
+            await asyncio.wait_for(asyncio.shield(self._drain), 5)
         self._drain.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._drain
@@ -344,9 +352,10 @@ class ProcessPool:
         await self._idle.put(helper)
 
     async def _discard(self, helper: _Helper) -> None:
-        self._spawned.discard(helper)
         self._helpers.discard(helper)
         await helper.kill()
+        # Forgotten only once dead: a stop() that interrupts the kill kills it again.
+        self._spawned.discard(helper)
 
     async def stop(self) -> None:
         self._closed = True

@@ -314,3 +314,32 @@ def test_workers_still_loading_when_the_server_stops_do_not_outlive_it(tmp_path:
             time.sleep(0.05)
         assert len(processes_mentioning(marker)) == 2
     assert processes_mentioning(marker) == []
+
+
+def test_a_script_whose_warm_run_hangs_is_packed_cold_in_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Warm runs pre-import `decimal`; this script hangs when it finds it already imported.
+    script = (
+        "import sys\nimport time\n\n"
+        "if 'decimal' in sys.modules:\n    time.sleep(600)\n\n"
+        "import decimal  # noqa\n\n"
+        "rows = list(open(sys.argv[1]))[1:]\n"
+        "with open(sys.argv[2], 'w') as handle:\n"
+        "    handle.write('ok\\n')\n"
+        "    handle.writelines('1\\n' for _ in rows)\n"
+    )
+    source = model_dir(
+        tmp_path,
+        "hangs-warm",
+        {
+            "model/framework/run.sh": "python $1/code/main.py $2 $3\n",
+            "model/framework/code/main.py": script,
+            "model/framework/examples/run_input.csv": "input\na\n",
+            "model/framework/examples/run_output.csv": "ok\n1\n",
+        },
+    )
+    monkeypatch.setattr("ersilia_pack.check.WARM_CHECK_MIN_SECONDS", 2.0)
+    bundle = pack(source, backend="system", repository_root=tmp_path / "repo").bundle_dir
+    assert load_bundle(bundle).apis["run"].warm is False
+    assert processes_mentioning(str(bundle)) == []
