@@ -101,7 +101,7 @@ def compare(api: ApiDefinition, rows: list[list[Any] | None]) -> list[str]:
     return differences
 
 
-async def _check(bundle_dir: Path, settings: ServeSettings, *, warm: bool) -> CheckReport:
+async def _check(bundle_dir: Path, settings: ServeSettings) -> CheckReport:
     bundle = load_bundle(bundle_dir)
     report = CheckReport()
     service = ModelService(bundle, settings)
@@ -119,7 +119,7 @@ async def _check(bundle_dir: Path, settings: ServeSettings, *, warm: bool) -> Ch
             report.checked.append(api.name)
             if api.example_output:
                 report.differences.extend(compare(api, prediction.rows))
-            if api.warm_script and warm:
+            if api.warm_script:
                 # A warm run that hangs (say, a fork after a library started threads) must not
                 # hold the pack for the whole run timeout: it gets ten times the cold run.
                 cold_seconds = time.monotonic() - began
@@ -130,10 +130,10 @@ async def _check(bundle_dir: Path, settings: ServeSettings, *, warm: bool) -> Ch
     return report
 
 
-def check_examples(bundle_dir: Path, *, timeout: float = 600.0, warm: bool = True) -> CheckReport:
+def check_examples(bundle_dir: Path, *, timeout: float = 600.0) -> CheckReport:
     """Run every API of a bundle on its example input and compare with its example output.
 
     Legacy scripts of the warm shape also run warm; ``report.warm`` says where both agree.
     """
     settings = ServeSettings(workers=1, timeout=timeout, cold=True)
-    return asyncio.run(_check(bundle_dir, settings, warm=warm))
+    return asyncio.run(_check(bundle_dir, settings))

@@ -101,8 +101,8 @@ def _enable_warm(staging: Path, warm: dict[str, bool]) -> None:
     write_manifest(staging, manifest)
 
 
-def _run_check(staging: Path, *, strict: bool, warm: bool) -> list[str]:
-    report = check_examples(staging, warm=warm)
+def _run_check(staging: Path, *, strict: bool) -> list[str]:
+    report = check_examples(staging)
     _enable_warm(staging, report.warm)
     problems = report.failures + report.differences
     if not problems:
@@ -128,7 +128,6 @@ def pack(
     force: bool = False,
     strict: bool = False,
     check: bool = True,
-    warm: bool = True,
     keep: int = DEFAULT_KEEP,
 ) -> PackResult:
     """Pack a model directory into ``<repository_root>/<MODEL_ID>/<tag>/``.
@@ -163,7 +162,7 @@ def pack(
         )
         logger.info("rendering the bundle")
         render_bundle(spec, staging, tag=tag, environment=prepared.environment, install=record)
-        warnings = _run_check(staging, strict=strict, warm=warm) if check else []
+        warnings = _run_check(staging, strict=strict) if check else []
         shutil.rmtree(staging / "state", ignore_errors=True)
         (staging / "status.json").write_text(json.dumps({"done": True}) + "\n")
         final = model_repo / tag

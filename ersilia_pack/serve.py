@@ -8,7 +8,7 @@ from pathlib import Path
 import uvicorn
 
 from ersilia_pack.errors import ServeError
-from ersilia_pack.runtime.bundle import find_bundle, load_bundle
+from ersilia_pack.runtime.bundle import find_bundle
 from ersilia_pack.runtime.loader import create_bundle_app
 from ersilia_pack.runtime.settings import ServeSettings
 from ersilia_pack.runtime.store import open_store
@@ -33,10 +33,10 @@ def serve(
     bundle_dir = find_bundle(path)
     logger.info("serving %s", bundle_dir)
     settings = settings or ServeSettings.from_env()
+    app = create_bundle_app(bundle_dir, settings)
     if settings.redis_url:
         # Fail here, with a plain message, rather than inside uvicorn's start-up.
-        open_store(load_bundle(bundle_dir), settings).close()
-    app = create_bundle_app(bundle_dir, settings)
+        open_store(app.state.bundle, settings).close()
     config = uvicorn.Config(
         app,
         host=host,

@@ -304,10 +304,6 @@ class ProcessPool:
     def ready(self) -> bool:
         return any(helper.process.returncode is None for helper in self._helpers)
 
-    @property
-    def pids(self) -> list[int]:
-        return [helper.process.pid for helper in self._helpers]
-
     async def start(self) -> None:
         for _ in range(self.size):
             self._spawn()
