@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ersilia_pack.runtime.bundle import ApiDefinition, Bundle, load_bundle
-from ersilia_pack.runtime.columns import convert_value
-from ersilia_pack.runtime.engine import ApiEngine
-from ersilia_pack.runtime.io import type_rows
-from ersilia_pack.runtime.runners import RunError, WarmScriptRunner
-from ersilia_pack.runtime.service import ModelService, PredictionError
+from ersilia_pack.runtime.bundle.columns import convert_value, type_rows
+from ersilia_pack.runtime.bundle.manifest import ApiDefinition, Bundle, load_bundle
+from ersilia_pack.runtime.engine.batcher import ApiEngine
+from ersilia_pack.runtime.engine.runners import RunError, WarmScriptRunner
+from ersilia_pack.runtime.engine.service import ModelService, PredictionError
 from ersilia_pack.runtime.settings import ServeSettings
 
 logger = logging.getLogger("ersilia_pack")

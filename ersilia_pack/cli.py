@@ -110,12 +110,16 @@ def _pack_and_report(model_dir: Path, repository_root: Path | None, **options: A
         )
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    subcommand_metavar="[COMMAND] [ARGS]...",
+)
 @click.option(
     "--model_dir",
     "--model-dir",
     "model_dir",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
     help="the model directory to pack",
 )
@@ -146,8 +150,10 @@ def _pack_and_report(model_dir: Path, repository_root: Path | None, **options: A
 )
 @_logging_options
 @click.version_option(__version__, prog_name="ersilia_pack")
+@click.pass_context
 def pack_cli(
-    model_dir: Path,
+    ctx: click.Context,
+    model_dir: Path | None,
     backend: str | None,
     eos: Path | None,
     force: bool,
@@ -159,8 +165,15 @@ def pack_cli(
     verbose: bool,
     quiet: bool,
 ) -> None:
-    """Validate, install and render a model directory into a servable bundle."""
+    """Validate, install and render a model directory into a servable bundle.
+
+    With a command instead of --model_dir, run that command (see the list below).
+    """
     _setup_logging(verbose, quiet)
+    if ctx.invoked_subcommand is not None:
+        return
+    if model_dir is None:
+        raise click.UsageError("Missing option '--model_dir'.", ctx=ctx)
     root = eos.expanduser() / "repository" if eos else None
     _pack_and_report(
         model_dir,

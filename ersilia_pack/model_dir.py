@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict
 from ersilia_pack.errors import ModelDirError, Problem
 from ersilia_pack.install.plan import InstallPlan, read_plan
 from ersilia_pack.metadata import is_safe_name, read_metadata
-from ersilia_pack.runtime.bundle import ApiDefinition
-from ersilia_pack.runtime.columns import COLUMN_TYPES, Column, infer_type
+from ersilia_pack.runtime.bundle.columns import COLUMN_TYPES, Column, infer_type
+from ersilia_pack.runtime.bundle.manifest import ApiDefinition
 
 _INPUT_HEADERS = ("input", "smiles", "text")
 _ID_HEADERS = ("key", "input", "smiles", "text")

@@ -18,7 +18,7 @@ from ersilia_pack.install.base import EnvRequest, install
 from ersilia_pack.install.venv import ENVS_DIR
 from ersilia_pack.model_dir import ModelSpec, read_model_dir
 from ersilia_pack.render import new_tag, render_bundle, write_manifest
-from ersilia_pack.runtime.bundle import MANIFEST, TAG_PATTERN, InstallRecord, load_bundle
+from ersilia_pack.runtime.bundle.manifest import MANIFEST, TAG_PATTERN, InstallRecord, load_bundle
 
 logger = logging.getLogger("ersilia_pack")
 DEFAULT_KEEP = 3

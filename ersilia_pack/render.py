@@ -19,10 +19,10 @@ from ersilia_pack import __version__
 from ersilia_pack.errors import RenderError
 from ersilia_pack.install.plan import InstallPlan
 from ersilia_pack.model_dir import ModelSpec
-from ersilia_pack.runtime.bundle import MANIFEST, ApiDefinition, InstallRecord, Manifest
-from ersilia_pack.runtime.columns import convert_value
-from ersilia_pack.runtime.environment import Environment
-from ersilia_pack.runtime.io import shape
+from ersilia_pack.runtime.bundle.columns import convert_value
+from ersilia_pack.runtime.bundle.environment import Environment
+from ersilia_pack.runtime.bundle.manifest import MANIFEST, ApiDefinition, InstallRecord, Manifest
+from ersilia_pack.runtime.http.io import shape
 
 _RESERVED = {
     "model_config",

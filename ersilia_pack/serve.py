@@ -8,10 +8,10 @@ from pathlib import Path
 import uvicorn
 
 from ersilia_pack.errors import ServeError
-from ersilia_pack.runtime.bundle import find_bundle
-from ersilia_pack.runtime.loader import create_bundle_app
+from ersilia_pack.runtime.bundle.loader import create_bundle_app
+from ersilia_pack.runtime.bundle.manifest import find_bundle
 from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.runtime.store import open_store
+from ersilia_pack.runtime.state.store import open_store
 
 logger = logging.getLogger("ersilia_pack")
 

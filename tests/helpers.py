@@ -22,7 +22,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from ersilia_pack.pack import pack
-from ersilia_pack.runtime.loader import create_bundle_app
+from ersilia_pack.runtime.bundle.loader import create_bundle_app
 from ersilia_pack.runtime.settings import ServeSettings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ersilia_pack.errors import InstallError, PlanError
 from ersilia_pack.install.plan import InstallPlan, InstallStep
-from ersilia_pack.runtime.environment import Environment
+from ersilia_pack.runtime.bundle.environment import Environment
 
 logger = logging.getLogger("ersilia_pack")
 TAIL_LINES = 25

@@ -16,7 +16,7 @@ from ersilia_pack.install.base import (
     current_python_version,
     which,
 )
-from ersilia_pack.runtime.environment import Environment
+from ersilia_pack.runtime.bundle.environment import Environment
 
 logger = logging.getLogger("ersilia_pack")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ersilia_pack.install.base import Backend, EnvRequest, PreparedEnv, current_python_version
-from ersilia_pack.runtime.environment import Environment
+from ersilia_pack.runtime.bundle.environment import Environment
 
 
 class SystemBackend(Backend):

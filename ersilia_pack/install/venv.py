@@ -21,7 +21,7 @@ from ersilia_pack.install.base import (
     environment_key,
     which,
 )
-from ersilia_pack.runtime.environment import Environment
+from ersilia_pack.runtime.bundle.environment import Environment
 
 logger = logging.getLogger("ersilia_pack")
 ENVS_DIR = ".envs"

@@ -17,7 +17,7 @@ from helpers import DATA, DEMO_DIR, app_client, processes_mentioning, wait_ready
 
 from ersilia_pack.model_dir import warm_script
 from ersilia_pack.pack import pack
-from ersilia_pack.runtime.bundle import load_bundle
+from ersilia_pack.runtime.bundle.manifest import load_bundle
 
 NO_CACHE = {"fetch_cache": "false", "save_cache": "false"}
 METADATA = "Identifier: {id}\nSlug: {id}-slug\nTitle: {id}\n"

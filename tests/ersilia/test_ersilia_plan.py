@@ -16,7 +16,7 @@ from ersilia_pack.install.conda import CondaBackend
 from ersilia_pack.install.plan import InstallPlan, read_plan
 from ersilia_pack.install.system import SystemBackend
 from ersilia_pack.install.venv import VenvBackend
-from ersilia_pack.runtime.environment import Environment
+from ersilia_pack.runtime.bundle.environment import Environment
 
 AWKWARD_YML = FIXTURES / "ersilia-awkward-yml"
 AWKWARD_DOCKERFILE = FIXTURES / "ersilia-awkward-dockerfile"

@@ -14,7 +14,7 @@ from helpers import DEMO_DIR, FIXTURES, ROOT, app_client, pack_fixture, write_tr
 
 from ersilia_pack.errors import RenderError
 from ersilia_pack.pack import pack
-from ersilia_pack.runtime.bundle import TAG_PATTERN
+from ersilia_pack.runtime.bundle.manifest import TAG_PATTERN
 
 FIXTURE_NAMES = ["stdlib-simple", "load-once-py", "bad-input-fails"]
 

@@ -13,10 +13,10 @@ import pytest
 from helpers import app_client
 from jobkit import wait_for
 
-from ersilia_pack.runtime.bundle import load_bundle
-from ersilia_pack.runtime.jobs import holder_is_dead, host_key
+from ersilia_pack.runtime.bundle.manifest import load_bundle
 from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.runtime.store import ChunkResult, JobRecord, Store, open_store
+from ersilia_pack.runtime.state.jobs import holder_is_dead, host_key
+from ersilia_pack.runtime.state.store import ChunkResult, JobRecord, Store, open_store
 
 ELSEWHERE = "another-host/4242/0a0b0c0d"  # a replica on another machine: never judged dead
 

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ersilia_pack.runtime.security import ApiKeyMiddleware, parse_keys, principal_of
+from ersilia_pack.runtime.http.security import ApiKeyMiddleware, parse_keys, principal_of
 
 
 async def whoami(request: Request) -> JSONResponse:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from ersilia_pack.runtime.loader import create_bundle_app
+from ersilia_pack.runtime.bundle.loader import create_bundle_app
 from ersilia_pack.runtime.settings import ServeSettings
 
 KEY = "privacy-key-0123456789"

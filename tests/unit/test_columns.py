@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ersilia_pack.runtime.columns import convert_value, infer_type, json_type
+from ersilia_pack.runtime.bundle.columns import convert_value, infer_type, json_type
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ersilia_pack.runtime.columns import Column
-from ersilia_pack.runtime.io import InputError, dumps, parse_inputs, shape, type_rows
+from ersilia_pack.runtime.bundle.columns import Column, type_rows
+from ersilia_pack.runtime.http.io import InputError, dumps, parse_inputs, shape
 
 
 def body(payload: Any) -> bytes:

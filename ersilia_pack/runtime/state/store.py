@@ -13,12 +13,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from ersilia_pack.runtime.bundle import Bundle
+from ersilia_pack.runtime.bundle.manifest import Bundle
 from ersilia_pack.runtime.settings import ServeSettings
 
 STORES: dict[str, str] = {
-    "sqlite": "ersilia_pack.runtime.store_sqlite:SqliteStore",
-    "redis": "ersilia_pack.runtime.store_redis:RedisStore",
+    "sqlite": "ersilia_pack.runtime.state.sqlite_store:SqliteStore",
+    "redis": "ersilia_pack.runtime.state.redis_store:RedisStore",
 }
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ersilia_pack.errors import ServeError
-from ersilia_pack.runtime.bundle import Bundle
+from ersilia_pack.runtime.bundle.manifest import Bundle
 from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.runtime.store import (
+from ersilia_pack.runtime.state.store import (
     ACTIVE_STATES,
     CANCELLED,
     RUNNING,

@@ -15,12 +15,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from ersilia_pack.runtime.bundle.manifest import Bundle
+
 # app.py adds this router, so import it as a module: the import cycle then resolves.
-from ersilia_pack.runtime import app as shared_routes
-from ersilia_pack.runtime.bundle import Bundle
-from ersilia_pack.runtime.io import dumps, shape
-from ersilia_pack.runtime.jobs import JobManager
-from ersilia_pack.runtime.openapi import (
+from ersilia_pack.runtime.http.body import read_inputs
+from ersilia_pack.runtime.http.io import dumps, shape
+from ersilia_pack.runtime.http.openapi import (
     CacheOnlyQuery,
     FetchCacheQuery,
     OrientQuery,
@@ -28,7 +28,8 @@ from ersilia_pack.runtime.openapi import (
     request_body,
 )
 from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.runtime.store import CANCELLED, DONE, FAILED, JobRecord
+from ersilia_pack.runtime.state.jobs import JobManager
+from ersilia_pack.runtime.state.store import CANCELLED, DONE, FAILED, JobRecord
 
 FormatQuery = Annotated[
     Literal["json", "csv"] | None,
@@ -217,7 +218,7 @@ def job_router(bundle: Bundle) -> APIRouter:
                 422, f"api {api!r} is not an API of {model_id}: use one of {', '.join(apis)}"
             )
         settings: ServeSettings = request.app.state.settings
-        inputs = await shared_routes.read_inputs(
+        inputs = await read_inputs(
             request,
             max_inputs=settings.job_max_inputs,
             max_body_bytes=settings.job_max_body_bytes,

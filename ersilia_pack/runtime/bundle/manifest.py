@@ -11,8 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from ersilia_pack.errors import ServeError
-from ersilia_pack.runtime.columns import Column
-from ersilia_pack.runtime.environment import Environment
+from ersilia_pack.runtime.bundle.columns import Column
+from ersilia_pack.runtime.bundle.environment import Environment
 
 MANIFEST = "manifest.json"
 TAG_PATTERN = re.compile(r"^\d{8}-\d{6}-\d{6}$")

@@ -9,11 +9,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from ersilia_pack.runtime.bundle import ApiDefinition, Bundle
-from ersilia_pack.runtime.cache import ResultCache
-from ersilia_pack.runtime.engine import ApiEngine
-from ersilia_pack.runtime.io import type_rows
-from ersilia_pack.runtime.runners import (
+from ersilia_pack.runtime.bundle.columns import type_rows
+from ersilia_pack.runtime.bundle.manifest import ApiDefinition, Bundle
+from ersilia_pack.runtime.engine.batcher import ApiEngine
+from ersilia_pack.runtime.engine.runners import (
     LoadOnceRunner,
     RunError,
     Runner,
@@ -22,6 +21,7 @@ from ersilia_pack.runtime.runners import (
     WarmScriptRunner,
 )
 from ersilia_pack.runtime.settings import ServeSettings
+from ersilia_pack.runtime.state.cache import ResultCache
 
 logger = logging.getLogger("ersilia_pack.runtime")
 

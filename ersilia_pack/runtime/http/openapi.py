@@ -7,7 +7,7 @@ from typing import Annotated, Any, Union
 from fastapi import Query
 from pydantic import BaseModel, create_model
 
-from ersilia_pack.runtime.io import Orient
+from ersilia_pack.runtime.http.io import Orient
 
 OrientQuery = Annotated[Orient, Query(description="shape of the result, as pandas' to_json")]
 FetchCacheQuery = Annotated[bool, Query(description="answer from the result cache when possible")]

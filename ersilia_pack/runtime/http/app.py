@@ -19,15 +19,16 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ersilia_pack import __version__
-from ersilia_pack.runtime import job_routes
-from ersilia_pack.runtime.bundle import Bundle, load_bundle
-from ersilia_pack.runtime.cache import ResultCache
-from ersilia_pack.runtime.io import InputError, dumps, parse_inputs, shape
-from ersilia_pack.runtime.jobs import JobManager
-from ersilia_pack.runtime.security import add_api_keys
-from ersilia_pack.runtime.service import REQUEST_ID, ModelService, PredictionError
+from ersilia_pack.runtime.bundle.manifest import Bundle, load_bundle
+from ersilia_pack.runtime.engine.service import REQUEST_ID, ModelService, PredictionError
+from ersilia_pack.runtime.http import job_routes as job_routes
+from ersilia_pack.runtime.http.body import read_inputs
+from ersilia_pack.runtime.http.io import dumps, shape
+from ersilia_pack.runtime.http.security import add_api_keys
 from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.runtime.store import open_store
+from ersilia_pack.runtime.state.cache import ResultCache
+from ersilia_pack.runtime.state.jobs import JobManager
+from ersilia_pack.runtime.state.store import open_store
 
 logger = logging.getLogger("ersilia_pack.runtime")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -47,40 +48,6 @@ def json_response(
 def service_of(request: Request) -> ModelService:
     service: ModelService = request.app.state.service
     return service
-
-
-async def read_inputs(
-    request: Request, *, max_inputs: int | None = None, max_body_bytes: int | None = None
-) -> list[str]:
-    """The inputs of a request, within the configured limits (or the given ones, for jobs)."""
-    settings: ServeSettings = request.app.state.settings
-    hint = "send fewer" if max_inputs else "send fewer, or submit a job (POST /job/submit)"
-    max_inputs = max_inputs or settings.max_inputs
-    max_body = max_body_bytes or settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_body:
-        raise HTTPException(413, f"the body is larger than {max_body} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > max_body:
-            raise HTTPException(413, f"the body is larger than {max_body} bytes")
-    try:
-        inputs = parse_inputs(request.headers.get("content-type", ""), bytes(body))
-    except InputError as error:
-        raise HTTPException(error.status_code, str(error)) from error
-    if len(inputs) > max_inputs:
-        raise HTTPException(
-            413, f"{len(inputs)} inputs is more than the limit of {max_inputs} per request: {hint}"
-        )
-    for position, value in enumerate(inputs):
-        if len(value) > settings.max_input_length:
-            raise HTTPException(
-                422,
-                f"input {position} is {len(value)} characters long; the limit is "
-                f"{settings.max_input_length}",
-            )
-    return inputs
 
 
 async def predict_response(

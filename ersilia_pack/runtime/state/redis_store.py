@@ -14,9 +14,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ersilia_pack.errors import ServeError
-from ersilia_pack.runtime.bundle import Bundle
+from ersilia_pack.runtime.bundle.manifest import Bundle
 from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.runtime.store import (
+from ersilia_pack.runtime.state.store import (
     ACTIVE_STATES,
     CANCELLED,
     Candidate,

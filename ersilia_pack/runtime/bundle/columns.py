@@ -102,3 +102,15 @@ def json_type(column_type: str) -> dict[str, Any]:
     if column_type in mapping:
         return {"anyOf": [{"type": mapping[column_type]}, {"type": "null"}]}
     return {}
+
+
+def type_rows(rows: list[list[Any] | None], columns: list[Column]) -> list[list[Any] | None]:
+    """Convert raw rows (in column order) to typed values; ``None`` rows stay ``None``."""
+    types = [column.type for column in columns]
+    typed: list[list[Any] | None] = []
+    for row in rows:
+        if row is None:
+            typed.append(None)
+        else:
+            typed.append([convert_value(value, kind) for value, kind in zip(row, types)])
+    return typed

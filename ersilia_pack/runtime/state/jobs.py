@@ -17,9 +17,9 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from ersilia_pack.runtime.service import ModelService, PredictionError
+from ersilia_pack.runtime.engine.service import ModelService, PredictionError
 from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.runtime.store import (
+from ersilia_pack.runtime.state.store import (
     DONE,
     FAILED,
     QUEUED,

@@ -9,8 +9,6 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any, Literal
 
-from ersilia_pack.runtime.columns import Column, convert_value
-
 Orient = Literal["records", "split", "columns", "index", "values"]
 ORIENTS: tuple[str, ...] = ("records", "split", "columns", "index", "values")
 INPUT_HEADERS = ("input", "smiles", "text")
@@ -129,18 +127,6 @@ def parse_inputs(content_type: str, body: bytes) -> list[str]:
         "or a multipart/form-data CSV upload",
         415,
     )
-
-
-def type_rows(rows: list[list[Any] | None], columns: list[Column]) -> list[list[Any] | None]:
-    """Convert raw rows (in column order) to typed values; ``None`` rows stay ``None``."""
-    types = [column.type for column in columns]
-    typed: list[list[Any] | None] = []
-    for row in rows:
-        if row is None:
-            typed.append(None)
-        else:
-            typed.append([convert_value(value, kind) for value, kind in zip(row, types)])
-    return typed
 
 
 def shape(rows: list[list[Any] | None], names: list[str], orient: str) -> Any:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ersilia_pack.runtime.bundle import ApiDefinition, Bundle
+from ersilia_pack.runtime.bundle.manifest import ApiDefinition, Bundle
 
 logger = logging.getLogger("ersilia_pack.runtime")
 

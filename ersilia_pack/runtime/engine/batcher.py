@@ -9,7 +9,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from ersilia_pack.runtime.runners import BatchResult, RunError, RunFailed, Runner, RunTimeout
+from ersilia_pack.runtime.engine.runners import BatchResult, RunError, RunFailed, Runner, RunTimeout
 
 logger = logging.getLogger("ersilia_pack.runtime")
 

@@ -11,9 +11,9 @@ import hashlib
 import json
 from typing import Any
 
-from ersilia_pack.runtime.bundle import Bundle
+from ersilia_pack.runtime.bundle.manifest import Bundle
 from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.runtime.store import Store
+from ersilia_pack.runtime.state.store import Store
 
 Row = list[Any]
 

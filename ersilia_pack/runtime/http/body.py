@@ -1,0 +1,42 @@
+"""Reading a request's inputs within the configured limits."""
+
+from __future__ import annotations
+
+from fastapi import HTTPException, Request
+
+from ersilia_pack.runtime.http.io import InputError, parse_inputs
+from ersilia_pack.runtime.settings import ServeSettings
+
+
+async def read_inputs(
+    request: Request, *, max_inputs: int | None = None, max_body_bytes: int | None = None
+) -> list[str]:
+    """The inputs of a request, within the configured limits (or the given ones, for jobs)."""
+    settings: ServeSettings = request.app.state.settings
+    hint = "send fewer" if max_inputs else "send fewer, or submit a job (POST /job/submit)"
+    max_inputs = max_inputs or settings.max_inputs
+    max_body = max_body_bytes or settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_body:
+        raise HTTPException(413, f"the body is larger than {max_body} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > max_body:
+            raise HTTPException(413, f"the body is larger than {max_body} bytes")
+    try:
+        inputs = parse_inputs(request.headers.get("content-type", ""), bytes(body))
+    except InputError as error:
+        raise HTTPException(error.status_code, str(error)) from error
+    if len(inputs) > max_inputs:
+        raise HTTPException(
+            413, f"{len(inputs)} inputs is more than the limit of {max_inputs} per request: {hint}"
+        )
+    for position, value in enumerate(inputs):
+        if len(value) > settings.max_input_length:
+            raise HTTPException(
+                422,
+                f"input {position} is {len(value)} characters long; the limit is "
+                f"{settings.max_input_length}",
+            )
+    return inputs
