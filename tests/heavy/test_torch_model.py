@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TORCH_NET, manifest_apis
-from helpers import app_client, pack_fixture, wait_ready
+from heavy_helpers import TORCH_NET, manifest_apis, uncached_client
+from helpers import pack_fixture, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_installed")]
 
@@ -78,7 +78,7 @@ def test_the_example_output_matches_a_direct_computation() -> None:
 def test_both_apis_answer_the_example_output(bundle: Path, cold: bool) -> None:
     inputs, expected = example_output()
 
-    with app_client(bundle, workers=2, cold=cold) as client:
+    with uncached_client(bundle, workers=2, cold=cold) as client:
         wait_ready(client)
         answers = {api: client.post(f"/{api}", json=inputs) for api in APIS}
 
@@ -97,7 +97,7 @@ def test_twenty_concurrent_requests_each_get_their_own_scores(bundle: Path, api:
     smiles = list(distinct_smiles(80))
     requests = [smiles[number * 4 : number * 4 + 1 + number % 4] for number in range(20)]
 
-    with app_client(bundle, workers=2, timeout=120) as client:
+    with uncached_client(bundle, workers=2, timeout=120) as client:
         wait_ready(client)
         responses = concurrent_requests(client, api, requests)
 
@@ -127,7 +127,7 @@ def test_a_caller_asking_for_threads_still_gets_warm_runs_that_answer(
     requests = [smiles[number * 2 : number * 2 + 2] for number in range(20)]
 
     assert manifest_apis(packed_with_threads)["run"]["warm"] is True
-    with app_client(packed_with_threads, workers=2, timeout=60) as client:
+    with uncached_client(packed_with_threads, workers=2, timeout=60) as client:
         wait_ready(client)
         responses = concurrent_requests(client, "run", requests)
 
