@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 
 import pytest
 from heavy_helpers import TORCH_NET, manifest_apis, uncached_client
-from helpers import pack_fixture, wait_ready
+from helpers import pack_fixture, served, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_installed")]
 
@@ -85,6 +87,25 @@ def test_both_apis_answer_the_example_output(bundle: Path, cold: bool) -> None:
     for api, response in answers.items():
         assert response.status_code == 200, (api, response.text)
         assert_close(response.json(), expected)
+
+
+def post_json(url: str, payload: Any) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_ersilia_serve_answers_both_apis(bundle: Path) -> None:
+    inputs, expected = example_output()
+
+    with served(bundle, "--workers", "2", startup_timeout=120) as url:
+        answers = {api: post_json(f"{url}/{api}", inputs) for api in APIS}
+
+    for status, rows in answers.values():
+        assert status == 200
+        assert_close(rows, expected)
 
 
 def concurrent_requests(client: Any, api: str, requests: list[list[str]]) -> list[Any]:
