@@ -5,15 +5,15 @@
 For each API of tests/fixtures/torch-net (``predict``: load-once workers; ``run``: a legacy
 script run warm) it packs a copy of the fixture holding only that API with --system (so the
 interpreter running this script needs torch: pip install -e '.[heavy]'), serves it with
-ersilia_serve --workers N, sends concurrent requests until every slot has answered, and sums
+ersilia_serve --workers N, waits until every slot has loaded, sends concurrent requests, and sums
 the PSS (``/proc/PID/smaps_rollup``) of every process of the API: the server's children (the
 load-once workers, or the warm runners) and their own children (the warm runners' forked
 children). The server process itself is reported apart. PSS counts a page shared by k
 processes as 1/k in each, so the sum is what the API really costs the machine.
 
-Each figure is read twice: idle after the requests, and the highest sum sampled while
-requests are running. The goal is that 4 slots cost at most 1.5 times one slot. The figures
-go under "## Memory of a PyTorch model (PSS)" in bench/RESULTS.md.
+Each figure is read twice: idle after the requests (once the sum has settled), and the
+highest sum sampled while requests are running. The goal is that 4 slots cost at most 1.5
+times one slot. The figures go under "## Memory of a PyTorch model (PSS)" in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -211,6 +211,7 @@ class Sample:
     api_kib: int
     server_kib: int
     processes: int
+    roots: int = 0
 
 
 def sample(server: int, api: str) -> Sample:
@@ -218,12 +219,30 @@ def sample(server: int, api: str) -> Sample:
     table = parents()
     roots = [pid for pid in children(server, table) if ROLES[api] in cmdline(pid)]
     pids = roots + [pid for root in roots for pid in descendants(root, table)]
-    return Sample(sum(map(pss_kib, pids)), pss_kib(server), len(pids))
+    return Sample(sum(map(pss_kib, pids)), pss_kib(server), len(pids), len(roots))
+
+
+def settled(server: int, api: str, slots: int, within: float = 180) -> Sample:
+    """A sample once every slot's process is up and the sum has stopped moving (within 1%).
+
+    /readyz answers as soon as one slot is loaded; the others may still be loading.
+    """
+    deadline = time.monotonic() + within
+    last = sample(server, api)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = sample(server, api)
+        steady = abs(now.api_kib - last.api_kib) <= 0.01 * max(last.api_kib, 1)
+        if now.roots >= slots and steady:
+            return now
+        last = now
+    return last
 
 
 def measure(repository: Path, api: str, slots: int, requests: int) -> dict[str, float]:
     with serving(repository, slots) as (url, server):
         wait_ready(url)
+        settled(server, api, slots)
         batches = [
             [SMILES[(n + k) % len(SMILES)] + "C" * n for k in range(4)] for n in range(requests)
         ]
@@ -243,8 +262,7 @@ def measure(repository: Path, api: str, slots: int, requests: int) -> dict[str, 
                 peak = now
             time.sleep(0.02)
         worker.join()
-        time.sleep(1.0)  # let the last forked children end
-        idle = sample(server, api)
+        idle = settled(server, api, slots)
     return {
         "slots": slots,
         "idle_mib": idle.api_kib / 1024,
