@@ -479,6 +479,12 @@ def _megabytes(size: int | None) -> str:
     help="CPUs each replica asks for; it runs one worker per CPU",
 )
 @click.option("--no-build", "no_build", is_flag=True, help="only write the manifests (with --kube)")
+@click.option(
+    "--no-cache",
+    "no_cache",
+    is_flag=True,
+    help="build the base and model images again from scratch",
+)
 @_logging_options
 def containerize_cli(
     model_dir: Path,
@@ -490,6 +496,7 @@ def containerize_cli(
     max_replicas: int,
     cpu: int,
     no_build: bool,
+    no_cache: bool,
     verbose: bool,
     quiet: bool,
 ) -> None:
@@ -500,7 +507,7 @@ def containerize_cli(
     spec = lint(model_dir)
     image = tag or default_tag(spec)
     if not no_build:
-        result = containerize(model_dir, tag=image, base=base, engine=engine)
+        result = containerize(model_dir, tag=image, base=base, engine=engine, no_cache=no_cache)
         above = (
             None
             if result.base_size is None or result.python_size is None

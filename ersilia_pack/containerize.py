@@ -307,9 +307,12 @@ def _build(
     settings: IndexSettings,
     step: str,
     build_args: Mapping[str, str] | None = None,
+    no_cache: bool = False,
 ) -> None:
     env = {**os.environ, "DOCKER_BUILDKIT": "1"} if engine.name == "docker" else None
     arguments = [f"--build-arg={key}={value}" for key, value in (build_args or {}).items()]
+    if no_cache:
+        arguments.append("--no-cache")
     with _build_secrets(settings) as secrets:
         command = engine.build_command(tag=tag, dockerfile=dockerfile)
         _stream([*command, *arguments, *secrets, str(context)], step=step, env=env)
@@ -361,12 +364,15 @@ def base_tag(base: str, digest: str) -> str:
     return f"{BASE_REPOSITORY}:{__version__}-{combined}"
 
 
-def ensure_base(engine: Engine, *, base: str, settings: IndexSettings) -> str:
-    """The base image's tag, building it from Dockerfile.base on ``base`` when it is missing."""
+def ensure_base(
+    engine: Engine, *, base: str, settings: IndexSettings, no_cache: bool = False
+) -> str:
+    """The base image's tag, building it from Dockerfile.base on ``base`` when it is missing
+    (or, with ``no_cache``, always and from scratch)."""
     with tempfile.TemporaryDirectory(prefix="ersilia-pack-base-") as folder:
         context = Path(folder)
         tag = base_tag(base, _base_context(context))
-        if engine.image_size(tag) is not None:
+        if not no_cache and engine.image_size(tag) is not None:
             logger.info("base image %s is there", tag)
             return tag
         logger.info("building the base image %s on %s", tag, base)
@@ -378,6 +384,7 @@ def ensure_base(engine: Engine, *, base: str, settings: IndexSettings) -> str:
             settings=settings,
             step="base image",
             build_args={"BASE": base},
+            no_cache=no_cache,
         )
     return tag
 
@@ -442,15 +449,19 @@ def containerize(
     base: str = DEFAULT_BASE,
     engine: str | None = None,
     settings: IndexSettings | None = None,
+    no_cache: bool = False,
 ) -> ImageResult:
-    """Build ``model_dir``'s image (and the base image under it when it is missing)."""
+    """Build ``model_dir``'s image (and the base image under it when it is missing).
+
+    ``no_cache`` builds both again from scratch, e.g. to pick up new releases of unpinned
+    dependencies."""
     spec = read_model_dir(model_dir)
     image = tag or default_tag(spec)
     found = find_engine(engine)
     settings = settings if settings is not None else host_index_settings()
     if found.image_size(base) is None:
         logger.info("%s does not have %s yet; the build will pull it", found.name, base)
-    base_image = ensure_base(found, base=base, settings=settings)
+    base_image = ensure_base(found, base=base, settings=settings, no_cache=no_cache)
     dockerfile = model_dockerfile(spec, base_image=base_image, with_ca=bool(settings.ca_bundle))
     with tempfile.TemporaryDirectory(prefix="ersilia-pack-image-") as folder:
         context = Path(folder)
@@ -464,6 +475,7 @@ def containerize(
             context=context,
             settings=settings,
             step="model image",
+            no_cache=no_cache,
         )
     return ImageResult(
         tag=image,
