@@ -334,13 +334,25 @@ def source_root() -> Path:
     )
 
 
-def _files(root: Path) -> list[Path]:
-    found: list[Path] = []
+def tree_digest(root: Path) -> str:
+    """A digest of every file's path and contents under ``root`` (symlinks by their target).
+
+    Podman's layer cache does not look into bind-mounted files, so each Dockerfile puts this
+    in a label ahead of the step that reads them: other files, another layer.
+    """
+    digest = hashlib.sha256()
     for current, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not _IGNORE(current, [d]))
         ignored = _IGNORE(current, names)
-        found.extend(Path(current) / name for name in sorted(names) if name not in ignored)
-    return found
+        for name in sorted(set(names) - ignored):
+            path = Path(current) / name
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            if path.is_symlink():
+                digest.update(b"->" + os.readlink(path).encode())
+            elif path.is_file():
+                digest.update(path.read_bytes())
+            digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _base_context(target: Path) -> str:
@@ -352,10 +364,7 @@ def _base_context(target: Path) -> str:
             shutil.copytree(source, target / name, ignore=_IGNORE)
         else:
             shutil.copy2(source, target / name)
-    digest = hashlib.sha256()
-    for path in _files(target):
-        digest.update(str(path.relative_to(target)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+    return tree_digest(target)
 
 
 def base_tag(base: str, digest: str) -> str:
@@ -371,7 +380,8 @@ def ensure_base(
     (or, with ``no_cache``, always and from scratch)."""
     with tempfile.TemporaryDirectory(prefix="ersilia-pack-base-") as folder:
         context = Path(folder)
-        tag = base_tag(base, _base_context(context))
+        sources = _base_context(context)
+        tag = base_tag(base, sources)
         if not no_cache and engine.image_size(tag) is not None:
             logger.info("base image %s is there", tag)
             return tag
@@ -383,7 +393,7 @@ def ensure_base(
             context=context,
             settings=settings,
             step="base image",
-            build_args={"BASE": base},
+            build_args={"BASE": base, "SOURCES_DIGEST": sources},
             no_cache=no_cache,
         )
     return tag
@@ -401,6 +411,7 @@ class DockerfileContext(BaseModel):
     model_id: str
     slug: str
     model_hash: str
+    context_digest: str
     uid: int
     pip_conf: str
     ca_bundle: str | None
@@ -411,8 +422,11 @@ def default_tag(spec: ModelSpec) -> str:
     return f"{spec.model_id.lower()}:latest"
 
 
-def model_dockerfile(spec: ModelSpec, *, base_image: str, with_ca: bool) -> str:
-    """The model image's Dockerfile, on ``base_image``."""
+def model_dockerfile(
+    spec: ModelSpec, *, base_image: str, with_ca: bool, context_digest: str = ""
+) -> str:
+    """The model image's Dockerfile, on ``base_image``; ``context_digest`` is the
+    :func:`tree_digest` of the model folder the build mounts."""
     return render_file(
         "container/Dockerfile.j2",
         DockerfileContext(
@@ -421,6 +435,7 @@ def model_dockerfile(spec: ModelSpec, *, base_image: str, with_ca: bool) -> str:
             model_id=spec.model_id,
             slug=spec.slug,
             model_hash=spec.model_hash,
+            context_digest=context_digest,
             uid=SERVE_UID,
             pip_conf=PIP_CONF_TARGET,
             ca_bundle=CA_TARGET if with_ca else None,
@@ -462,10 +477,15 @@ def containerize(
     if found.image_size(base) is None:
         logger.info("%s does not have %s yet; the build will pull it", found.name, base)
     base_image = ensure_base(found, base=base, settings=settings, no_cache=no_cache)
-    dockerfile = model_dockerfile(spec, base_image=base_image, with_ca=bool(settings.ca_bundle))
     with tempfile.TemporaryDirectory(prefix="ersilia-pack-image-") as folder:
         context = Path(folder)
         shutil.copytree(spec.root, context / "model", ignore=_IGNORE, symlinks=True)
+        dockerfile = model_dockerfile(
+            spec,
+            base_image=base_image,
+            with_ca=bool(settings.ca_bundle),
+            context_digest=tree_digest(context / "model"),
+        )
         (context / "Dockerfile").write_text(dockerfile, encoding="utf-8")
         logger.info("building %s for %s with %s", image, spec.model_id, found.name)
         _build(

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import math
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -19,10 +21,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import DEMO_DIR, FIXTURES, run_command
+from helpers import DEMO_DIR, FIXTURES, ROOT, run_command
 
 from ersilia_pack.containerize import CA_TARGET, PIP_CONF_TARGET
 from ersilia_pack.model_dir import read_model_dir
@@ -191,6 +194,26 @@ def test_base_image_holds_ersilia_pack_on_the_standin(built: Built) -> None:
     assert done.stdout.split()[-1] == "10001"
 
 
+def test_base_image_holds_these_sources(built: Built) -> None:
+    """Every module of the package in the base image is the one here, not a cached older one."""
+    package = ROOT / "ersilia_pack"
+    here = {
+        str(path.relative_to(package)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(package.rglob("*.py"))
+        if "__pycache__" not in path.parts
+    }
+    listing = (
+        "import hashlib, json, pathlib, ersilia_pack; "
+        "root = pathlib.Path(ersilia_pack.__file__).parent; "
+        "print(json.dumps({str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() "
+        "for p in root.rglob('*.py') if 'templates' not in p.parts "
+        "and '__pycache__' not in p.parts}))"
+    )
+    done = podman("run", "--rm", built.base_tag, "python3", "-c", listing)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == here
+
+
 def test_model_image_serves_as_a_user_on_port_80_with_a_health_check(built: Built) -> None:
     image = inspect(built.tag)
     config = image["Config"]
@@ -247,6 +270,96 @@ def test_container_serves_the_demo_on_the_mapped_port(built: Built) -> None:
         assert "state.db" in who.stdout.split()
 
 
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A throwaway real ``redis-server`` on a free port of 127.0.0.1; its URL."""
+    executable = shutil.which("redis-server")
+    assert executable, "redis-server is not on PATH: apt-get install redis-server"
+    port = free_port()
+    process = subprocess.Popen(
+        [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            assert process.poll() is None and time.monotonic() < deadline, "no redis-server"
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def replica(tag: str, port: int, redis_url: str) -> Iterator[str]:
+    """The image serving on the host's network at ``port``, sharing the store at ``redis_url``,
+    as a Kubernetes replica does (there too the command names the port); its name."""
+    name = f"ersilia-pack-test-replica-{port}"
+    started = podman(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--env",
+        f"ERSILIA_PACK_REDIS_URL={redis_url}",
+        tag,
+        "ersilia_serve",
+        "--repository_dir",
+        "/eos/repository/eos-demo",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        yield name
+    finally:
+        podman("stop", "--time", "10", name, timeout=60)
+        podman("rm", "--force", name, timeout=60)
+
+
+def test_two_containers_share_jobs_and_the_cache_through_redis(built: Built) -> None:
+    inputs, expected = examples("run")
+    with contextlib.ExitStack() as stack:
+        redis_url = stack.enter_context(redis_server())
+        ports = [free_port(), free_port()]
+        names = [stack.enter_context(replica(built.tag, port, redis_url)) for port in ports]
+        first, second = (f"http://127.0.0.1:{port}" for port in ports)
+        for url, name in zip((first, second), names):
+            wait_ready(url, name)
+        status, job = http("POST", f"{first}/job/submit?api=run", inputs)
+        assert status == 202, job
+        deadline = time.monotonic() + 120
+        while True:
+            status, progress = http("GET", f"{second}/job/status/{job['job_id']}")
+            assert status == 200, progress
+            if progress["state"] not in ("queued", "running") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert progress["state"] == "done", progress
+        status, rows = http("GET", f"{second}/job/result/{job['job_id']}?orient=records")
+        assert status == 200, rows
+        assert_rows_match(rows, expected)
+        # The rows the job computed on one replica answer the other from the shared cache.
+        request = urllib.request.Request(
+            f"{second}/run?cache_only=true",
+            data=json.dumps(inputs).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.headers["X-Cached-Rows"] == str(len(inputs))
+            assert_rows_match(json.loads(response.read()), expected)
+
+
 def test_second_build_reuses_every_layer(built: Built) -> None:
     again = run_command(
         "ersilia_pack",
@@ -265,6 +378,37 @@ def test_second_build_reuses_every_layer(built: Built) -> None:
     assert f"base image {built.base_tag} is there" in again.stderr
     assert "Using cache" in again.stderr
     assert image_id(TAG) == built.image_id
+
+
+def test_a_changed_model_folder_is_packed_again(built: Built, tmp_path: Path) -> None:
+    """Any file of the model folder counts, not only those in the model hash."""
+    model_dir = shutil.copytree(FIXTURES / "stdlib-simple", tmp_path / "stdlib-simple")
+    with (model_dir / "install.sh").open("a") as handle:
+        handle.write("cp notes.txt /usr/local/share/notes.txt\n")
+    tag = "localhost/ersilia-pack-test/stdlib-simple:ci"
+    seen = []
+    for version in ("first", "second"):
+        (model_dir / "notes.txt").write_text(version)
+        done = run_command(
+            "ersilia_pack",
+            "containerize",
+            "--model_dir",
+            model_dir,
+            "-t",
+            tag,
+            "--base",
+            STANDIN,
+            "--engine",
+            "podman",
+            "-q",
+            timeout=BUILD_TIMEOUT,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        notes = podman("run", "--rm", tag, "cat", "/usr/local/share/notes.txt")
+        assert notes.stdout == version, notes.stderr
+        seen.append(image_id(tag))
+    assert seen[0] != seen[1]
+    podman("rmi", tag)
 
 
 def test_failing_install_fails_the_build_with_its_output(built: Built) -> None:
