@@ -59,6 +59,19 @@ class ContainerError(ErsiliaPackError):
     exit_code = 4
 
 
+class BuildError(InstallError):
+    """An image build failed (an install step inside it, often); keeps the command and the
+    tail of the build's output, and exits like a failed install."""
+
+    def render(self) -> str:
+        status = "timed out" if self.returncode is None else f"exited with {self.returncode}"
+        lines = [f"building the {self.step} failed: {status}", f"  command: {self.command}"]
+        if self.tail.strip():
+            lines.append("  last lines of its output:")
+            lines.extend(f"    {line}" for line in self.tail.rstrip().splitlines())
+        return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # Templates
 
@@ -277,7 +290,7 @@ def find_engine(name: str | None = None) -> Engine:
 
 
 def _stream(command: list[str], *, step: str, env: Mapping[str, str] | None = None) -> None:
-    """Run a build, its output logged line by line; InstallError with its tail on failure."""
+    """Run a build, its output logged line by line; BuildError with its tail on failure."""
     logger.debug("running %s", " ".join(command))
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
     with subprocess.Popen(
@@ -295,7 +308,7 @@ def _stream(command: list[str], *, step: str, env: Mapping[str, str] | None = No
             logger.info("[%s] %s", step, line)
         returncode = process.wait()
     if returncode != 0:
-        raise InstallError(step, " ".join(command), returncode, "\n".join(tail))
+        raise BuildError(step, " ".join(command), returncode, "\n".join(tail))
 
 
 def _build(

@@ -380,6 +380,25 @@ def test_second_build_reuses_every_layer(built: Built) -> None:
     assert image_id(TAG) == built.image_id
 
 
+def test_a_base_image_the_engine_cannot_get_fails_the_build(built: Built) -> None:
+    done = run_command(
+        "ersilia_pack",
+        "containerize",
+        "--model_dir",
+        DEMO_DIR,
+        "--base",
+        "localhost/no-such-python:3.11",
+        "--engine",
+        "podman",
+        "-q",
+        timeout=BUILD_TIMEOUT,
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "error: building the base image failed: exited with" in done.stderr
+    assert "no-such-python" in done.stderr.split("last lines of its output:")[1]
+    assert "Traceback" not in done.stderr
+
+
 def test_a_changed_model_folder_is_packed_again(built: Built, tmp_path: Path) -> None:
     """Any file of the model folder counts, not only those in the model hash."""
     model_dir = shutil.copytree(FIXTURES / "stdlib-simple", tmp_path / "stdlib-simple")
@@ -427,7 +446,8 @@ def test_failing_install_fails_the_build_with_its_output(built: Built) -> None:
         timeout=BUILD_TIMEOUT,
     )
     assert done.returncode == 3, done.stdout + done.stderr
-    assert "install step 'model image' failed" in done.stderr
+    assert "error: building the model image failed: exited with" in done.stderr
+    assert "install step 'install.sh' failed: exited with 7" in done.stderr
     assert "last lines of its output" in done.stderr
     assert "weights server unreachable" in done.stderr
     assert "Traceback" not in done.stderr
