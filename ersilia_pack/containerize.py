@@ -500,6 +500,7 @@ def containerize(
             context_digest=tree_digest(context / "model"),
         )
         (context / "Dockerfile").write_text(dockerfile, encoding="utf-8")
+        logger.debug("the model image's Dockerfile:\n%s", dockerfile)
         logger.info("building %s for %s with %s", image, spec.model_id, found.name)
         _build(
             found,
