@@ -438,9 +438,11 @@ async def _compute(
             try:
                 prediction = await task
             except PredictionError as error:
+                done = int(resume.state["rows_done"])
+                kept = f"; the {done} rows done are kept for a rerun" if done else ""
                 raise BatchError(
                     f"{api} of {bundle.manifest.model_id} failed ({error.status_code}): "
-                    f"{error.detail}; the {resume.state['rows_done']} rows done are kept"
+                    f"{error.detail}{kept}"
                 ) from error
             rows = [
                 None if i in prediction.errors else row for i, row in enumerate(prediction.rows)

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clientkit import fresh_copy
 from helpers import DEMO_DIR, pack_fixture, run_command, served
-
-
-def fresh_copy(bundle: Path, root: Path) -> Path:
-    """A copy of a packed bundle in a repository folder of its own (no jobs, no cache);
-    the repository folder."""
-    target = root / bundle.parent.name / bundle.name
-    shutil.copytree(bundle, target, ignore=shutil.ignore_patterns("state"))
-    return target.parent
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +40,23 @@ def demo_url(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     repository = fresh_copy(demo_bundle, tmp_path_factory.mktemp("client-demo"))
     with served(repository, "--workers", "2") as url:
         yield url
+
+
+@pytest.fixture
+def client_log() -> Iterator[list[str]]:
+    """The messages the client logs (its retries), whatever the logging set-up of the run."""
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    log = logging.getLogger("ersilia_pack.client")
+    handler, level = Keep(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield seen
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import itertools
-import logging
 import math
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clientkit import free_port, fresh_copy
 from helpers import DATA, served
 from rdkit import Chem
 from rdkit.Chem import Descriptors
@@ -45,26 +44,6 @@ def data_rows(count: int) -> tuple[list[str], list[float]]:
 def client(demo_url: str) -> Iterator[Client]:
     with Client(demo_url) as client:
         yield client
-
-
-@pytest.fixture
-def client_log() -> Iterator[list[str]]:
-    """The messages the client logs (its retries), whatever the logging set-up of the run."""
-    seen: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record.getMessage())
-
-    log = logging.getLogger("ersilia_pack.client")
-    handler, level = Keep(), log.level
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
-        yield seen
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(level)
 
 
 def test_info_names_the_model_and_its_apis(client: Client) -> None:
@@ -174,8 +153,6 @@ def test_a_null_row_of_a_job_is_none(client: Client) -> None:
 @pytest.fixture(scope="module")
 def small_limits(counting_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The counting model served with small limits and an API key."""
-    from conftest import fresh_copy
-
     repository = fresh_copy(counting_bundle, tmp_path_factory.mktemp("limits"))
     with served(
         repository, "--max-inputs", "7", "--max-input-length", "30", "--api-key", "sesame"
@@ -234,10 +211,7 @@ def test_a_model_failing_on_every_try_ends_in_a_model_error(
 def test_an_unreachable_server_is_a_connection_error_after_the_retries(
     client_log: list[str],
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens on it
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens on it
 
     with Client(url, retries=2, backoff=0.01) as client, pytest.raises(ConnectionFailed) as caught:
         client.info()
