@@ -461,7 +461,7 @@ class _ProgressView:
             if final or now - self.shown >= 0.1:
                 filled = int(share * self.WIDTH)
                 bar = "#" * filled + "-" * (self.WIDTH - filled)
-                sys.stderr.write(f"\r[{bar}] {text} {progress.stage}\033[K")
+                sys.stderr.write(f"\r{progress.stage} [{bar}] {text}\033[K")
                 sys.stderr.flush()
                 self.shown, self.drawn = now, True
         elif not self.quiet and (final or now - self.shown >= self.every):
