@@ -324,11 +324,12 @@ class Client:
         """Send a request, retrying (bounded) on connection errors and 502/503/504.
 
         ``safe=False`` (a submit) retries only errors that mean the request was never sent,
-        so one call never makes two jobs. Answers other than 2xx raise the client's errors.
-        With ``stream`` the caller reads (and closes) the answer's body.
+        and 503 (not taken), so one call never makes two jobs. Answers other than 2xx raise
+        the client's errors. With ``stream`` the caller reads (and closes) the answer's body.
         """
         call = f"{method} {self.url}{path}"
         retryable = _RETRYABLE if safe else _NOT_SENT
+        statuses = RETRY_STATUSES if safe else (503,)
         for attempt in range(self.retries):
             last = attempt == self.retries - 1
             try:
@@ -351,7 +352,7 @@ class Client:
                 ) from error
             except httpx.HTTPError as error:
                 raise ConnectionFailed(f"{call} failed: {type(error).__name__}: {error}") from error
-            if response.status_code in RETRY_STATUSES and not last:
+            if response.status_code in statuses and not last:
                 if stream:
                     response.read()
                     response.close()
