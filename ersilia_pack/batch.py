@@ -381,7 +381,8 @@ def _run_local(
             f"use one of {', '.join(bundle.apis)}"
         )
     settings = ServeSettings.from_env(workers=workers)
-    size = chunk_size or 1000 * settings.workers
+    # A chunk keeps every worker busy with a run or two; the engine splits it into runs.
+    size = max(1, chunk_size or 1000 * (settings.workers or os.cpu_count() or 1))
     target = f"{bundle.path}:{bundle.manifest.model_hash}"
     writer = _Writer(kind, bundle.apis[api].column_names)
     resume = _Resume(output_path, _key(input_path, api, target), len(inputs))

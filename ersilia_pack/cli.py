@@ -534,7 +534,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     "--workers",
     type=click.IntRange(1),
     default=None,
-    help="with --repository_dir: workers per API (default: the number of cores)",
+    help="with --repository_dir: workers per API (default: as ersilia_serve picks)",
 )
 @click.option(
     "--chunk-size",
