@@ -245,6 +245,14 @@ def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
             help="run legacy scripts cold (a fresh process per run), never warm",
         ),
         click.option(
+            "--separate-workers",
+            "separate_workers",
+            is_flag=True,
+            default=None,
+            help="one model process per slot, each loading the model, instead of slots forked "
+            "from one loaded parent (for models that are not safe to fork after loading)",
+        ),
+        click.option(
             "--api-key",
             "api_key",
             default=None,

@@ -19,6 +19,11 @@ class ServeSettings(BaseModel):
     batch_size: int = Field(default=0, ge=0, description="inputs per run; 0 picks per API kind")
     batch_wait_ms: float = Field(default=0.0, ge=0, description="extra wait to merge requests")
     cold: bool = Field(default=False, description="run legacy scripts cold, never warm")
+    separate_workers: bool = Field(
+        default=False,
+        description="one model process per slot, each loading on its own, instead of slots "
+        "forked from one loaded parent",
+    )
     api_key: str | None = Field(default=None, repr=False)
     max_body_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     max_inputs: int = Field(default=100_000, ge=1)

@@ -13,7 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import DATA, DEMO_DIR, app_client, processes_mentioning, wait_ready, write_tree
+from helpers import (
+    DATA,
+    DEMO_DIR,
+    app_client,
+    processes_mentioning,
+    wait_ready,
+    wait_until_gone,
+    write_tree,
+)
 
 from ersilia_pack.model_dir import warm_script
 from ersilia_pack.pack import pack
@@ -206,9 +214,19 @@ def _slow_load_once(tmp_path: Path) -> Path:
     return pack(source, backend="system", repository_root=tmp_path / "repo").bundle_dir
 
 
-@pytest.mark.parametrize("api_kind", ["load-once", "warm"])
+@pytest.mark.parametrize(
+    ("api_kind", "victim_kind"),
+    [
+        ("load-once", "parent"),
+        ("load-once", "child"),
+        ("load-once", "separate"),
+        ("warm", "parent"),
+        ("warm", "child"),
+        ("warm", "separate"),
+    ],
+)
 def test_a_process_killed_mid_request_is_replaced(
-    tmp_path: Path, api_kind: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, api_kind: str, victim_kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started = tmp_path / "slow-started"
     monkeypatch.setenv("SLOW_STARTED", str(started))
@@ -229,9 +247,10 @@ def test_a_process_killed_mid_request_is_replaced(
         ).bundle_dir
         marker, slow_input, expected = "app/warm.py", "SLOW", {"reversed": "WOLS", "length": 4}
     marker = str(bundle / marker)
-    with app_client(bundle, workers=1, timeout=30) as client:
+    separate = victim_kind == "separate"
+    with app_client(bundle, workers=1, timeout=30, separate_workers=separate) as client:
         wait_ready(client)
-        (victim,) = [pid for pid in processes_mentioning(marker) if _is_pool_root(pid, marker)]
+        (root,) = [pid for pid in processes_mentioning(marker) if _is_pool_root(pid, marker)]
         answer: dict[str, object] = {}
         caller = threading.Thread(
             target=lambda: answer.update(response=post(client, "run", [slow_input]))
@@ -241,6 +260,17 @@ def test_a_process_killed_mid_request_is_replaced(
         while not started.exists():  # the slow input is now being computed by the only process
             assert time.monotonic() < deadline, "the slow input never started"
             time.sleep(0.02)
+        victim = root
+        if victim_kind == "child":
+            # the forked child computing the slow input: in a process group of its own, in the
+            # run's folder (a warm child forked ahead is still where its parent is)
+            (victim,) = [
+                pid
+                for pid in processes_mentioning(marker)
+                if _stat(pid)[0] == root
+                and os.getpgid(pid) == pid
+                and os.readlink(f"/proc/{pid}/cwd") != os.readlink(f"/proc/{root}/cwd")
+            ]
         os.kill(victim, signal.SIGKILL)
         caller.join(30)
         response = answer["response"]
@@ -249,17 +279,25 @@ def test_a_process_killed_mid_request_is_replaced(
         assert post(client, "run", ["ok"]).status_code == 200
         survivors = [pid for pid in processes_mentioning(marker) if _is_pool_root(pid, marker)]
         assert victim not in survivors and len(survivors) == 1
+        if victim_kind == "child":  # the parent forked a replacement and did not reload
+            assert survivors == [root]
         assert client.app.state.service.engines["run"].runner.restarts >= 1
+    assert wait_until_gone(marker) == []
+
+
+def _stat(pid: int) -> tuple[int, str]:
+    """A process's parent pid and state ((0, "") once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0, ""
+    return int(fields[1]), fields[0]
 
 
 def _is_pool_root(pid: int, marker: str) -> bool:
-    """A pool process, not one of the warm runner's forked children (whose parent holds it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    parent = int(stat.rsplit(")", 1)[1].split()[1])
-    return parent not in processes_mentioning(marker)
+    """A process the server started, not one of the forked children (whose parent holds it)."""
+    parent, state = _stat(pid)
+    return bool(state) and state != "Z" and parent not in processes_mentioning(marker)
 
 
 def test_duplicates_within_a_request_are_computed_once(tmp_path: Path) -> None:
@@ -302,7 +340,10 @@ def test_a_null_row_the_model_chose_is_counted_with_a_reason(tmp_path: Path) -> 
     assert plain.json()[1] == {"logs": None, "solubility_class": None}
 
 
-def test_workers_still_loading_when_the_server_stops_do_not_outlive_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("separate", [False, True], ids=["forked", "separate"])
+def test_workers_still_loading_when_the_server_stops_do_not_outlive_it(
+    tmp_path: Path, separate: bool
+) -> None:
     files = {
         "model/framework/run.py": (
             "import time\n\n\n"
@@ -317,11 +358,14 @@ def test_workers_still_loading_when_the_server_stops_do_not_outlive_it(tmp_path:
     source = model_dir(tmp_path, "sleepy", files)
     bundle = pack(source, backend="system", repository_root=tmp_path / "repo", check=False)
     marker = str(bundle.bundle_dir / "app" / "worker.py")
-    with app_client(bundle.bundle_dir, workers=2):
+    # two slots: one parent loads (its children are forked once it has), or two workers
+    loading = 2 if separate else 1
+    with app_client(bundle.bundle_dir, workers=2, separate_workers=separate):
         deadline = time.monotonic() + 20
-        while len(processes_mentioning(marker)) < 2 and time.monotonic() < deadline:
+        while len(processes_mentioning(marker)) < loading and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(processes_mentioning(marker)) == 2
+        time.sleep(0.5)  # a second loader, were there one, would be there by now
+        assert len(processes_mentioning(marker)) == loading
     assert processes_mentioning(marker) == []
 
 

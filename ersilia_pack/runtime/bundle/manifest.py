@@ -30,6 +30,9 @@ class ApiDefinition(BaseModel):
     example_output: list[list[str]] = []
     warm_script: str | None = None
     warm: bool = False
+    # Slots forked from one loaded parent; False when the pack-time check found forking after
+    # the load broke the example run (threads started in load(), say) and separate ones worked.
+    fork: bool = True
 
     @property
     def column_names(self) -> list[str]:

@@ -72,3 +72,25 @@ def write_frame(stream: IO[bytes], payload: dict[str, Any]) -> None:
     """Write one frame to a blocking binary stream and flush it."""
     stream.write(encode(payload))
     stream.flush()
+
+
+class FrameBuffer:
+    """Frames from a non-blocking reader, fed whatever bytes arrived (a process that waits on
+    several pipes with ``select`` cannot use a buffered stream: its buffer hides bytes from
+    ``select``)."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """The frames ``data`` completes, in order; FrameError when the peer speaks garbage."""
+        self._data += data
+        frames = []
+        while len(self._data) >= HEADER.size:
+            size = decode_size(bytes(self._data[: HEADER.size]))
+            end = HEADER.size + size
+            if len(self._data) < end:
+                break
+            frames.append(decode_body(bytes(self._data[HEADER.size : end])))
+            del self._data[:end]
+        return frames

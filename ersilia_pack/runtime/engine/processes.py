@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -359,3 +360,270 @@ class ProcessPool:
             raise
         await self._idle.put(process)
         return reply
+
+
+class ForkedPool:
+    """One model-side parent per API that loads once and forks its slots; calls multiplexed.
+
+    The parent (the load-once worker or the warm runner in their forked shape) answers up to
+    ``size`` calls at once, each in a forked child, so every slot shares the pages the load
+    made. Frames to and from it carry an id; a reader task routes each answer to its call.
+    The parent relays between the server and its children, so the server holds one set of
+    pipes per API and the children need no channel of their own.
+
+    A call that runs out of time sends ``{"cancel": id}``: the parent kills that child's
+    process group (and, for a load-once parent, forks a replacement from the loaded model)
+    and says ``{"cancelled": id}``; a parent that does not say so within a few seconds has
+    stopped answering and is treated as dead. When the parent dies, its group and the groups
+    of the children it announced (``{"pids": [...]}``) are killed, every call in flight fails
+    with ProcessDied (the engine retries a batch once), and a new parent is started; a load
+    that fails is tried again with a growing pause, as ProcessPool does.
+    """
+
+    RETRY_FIRST = 1.0
+    RETRY_MAX = 60.0
+    CANCEL_GRACE = _GRACE
+
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        size: int,
+        load_timeout: float,
+        env: dict[str, str],
+        prepare: Callable[[], tuple[Path, dict[str, str], list[str], Callable[[], None]]],
+    ) -> None:
+        self.name = name
+        self.command = command
+        self.size = size
+        self.load_timeout = load_timeout
+        self._env = env
+        self._prepare = prepare
+        self._parent: ModelProcess | None = None
+        self._cleanup: Callable[[], None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._children: set[int] = set()
+        self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._ids = itertools.count(1)
+        self._slots = asyncio.Semaphore(size)
+        self._write_lock = asyncio.Lock()
+        self._loaded = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._failures = 0
+        self.load_error: str | None = None
+        self.replaced = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._parent is not None and self._parent.alive
+
+    async def start(self) -> None:
+        self._spawn()
+
+    def _background(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _spawn(self, delay: float = 0.0) -> None:
+        if not self._closed:
+            self._background(self._start_parent(delay))
+
+    async def _start_parent(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            cwd, extra_env, args, cleanup = self._prepare()
+        except OSError as error:
+            self._load_failed(f"its working folder could not be made: {error}", "")
+            return
+        try:
+            process = await ModelProcess.spawn(
+                self.name, [*self.command, *args], env={**self._env, **extra_env}, cwd=cwd
+            )
+        except OSError as error:
+            cleanup()
+            self._load_failed(f"it could not start: {error}", "")
+            return
+        try:
+            hello = await asyncio.wait_for(process.receive(), self.load_timeout)
+        except asyncio.CancelledError:  # stopped while it was loading: it must not outlive us
+            await self._kill(process, cleanup)
+            raise
+        except RunFailed as error:
+            await self._kill(process, cleanup)
+            self._load_failed(error.detail, error.stderr_tail)
+            return
+        except asyncio.TimeoutError:
+            await self._kill(process, cleanup)
+            self._load_failed(f"it did not load within {self.load_timeout:g} s", "")
+            return
+        self._children = {int(pid) for pid in hello.get("pids", [])}
+        if not hello.get("ready"):
+            await self._kill(process, cleanup)
+            self._load_failed("its model failed to load", str(hello.get("error", "")))
+            return
+        if self._closed:
+            await self._kill(process, cleanup)
+            return
+        self._failures = 0
+        self.load_error = None
+        self._parent, self._cleanup = process, cleanup
+        self._reader = asyncio.create_task(self._read(process))
+        self._loaded.set()
+
+    def _load_failed(self, reason: str, stderr_tail: str) -> None:
+        self.load_error = f"the {self.name} process failed to start: {reason}"
+        self._failures += 1
+        delay = min(self.RETRY_MAX, self.RETRY_FIRST * 2 ** (self._failures - 1))
+        logger.error("%s (trying again in %g s)\n%s", self.load_error, delay, stderr_tail)
+        self._spawn(delay)
+
+    async def _read(self, process: ModelProcess) -> None:
+        """Route the parent's frames to their calls until it ends."""
+        while True:
+            try:
+                frame = await process.receive()
+            except RunFailed as error:
+                await self._lost(process, error)
+                return
+            if "pids" in frame:
+                self._children = {int(pid) for pid in frame["pids"]}
+            if "cancelled" in frame:
+                ack = self._acks.pop(frame["cancelled"], None)
+                if ack is not None and not ack.done():
+                    ack.set_result(None)
+            elif "id" in frame:
+                call = self._calls.pop(frame["id"], None)
+                if call is not None and not call.done():
+                    call.set_result(frame)
+
+    async def _kill(self, process: ModelProcess, cleanup: Callable[[], None] | None) -> None:
+        """Kill the parent's group and every child group it announced, then clean up."""
+        kill_group(process.process.pid)  # first, so it forks no more children
+        for pid in self._children:
+            kill_group(pid)
+        self._children = set()
+        await process.kill()
+        if cleanup is not None:
+            cleanup()
+
+    async def _lost(self, process: ModelProcess, error: RunError) -> None:
+        """The parent died or stopped answering: fail what it held, start another."""
+        if self._parent is not process:
+            return
+        self._parent, cleanup = None, self._cleanup
+        self._cleanup = None
+        self._loaded.clear()
+        reader = self._reader
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        calls, self._calls = self._calls, {}
+        acks, self._acks = self._acks, {}
+        for call in calls.values():
+            if not call.done():
+                call.set_exception(ProcessDied(error.detail, error.stderr_tail))
+        for ack in acks.values():
+            if not ack.done():
+                ack.set_result(None)
+        await self._kill(process, cleanup)
+        if not self._closed:
+            logger.error("%s; starting it again", error.detail)
+            self.replaced += 1
+            self._spawn()
+
+    async def _send(self, process: ModelProcess, payload: dict[str, Any]) -> None:
+        stdin = process.process.stdin
+        assert stdin is not None
+        async with self._write_lock:
+            stdin.write(framing.encode(payload))
+            await stdin.drain()
+
+    def _cancel(self, process: ModelProcess, call_id: int) -> None:
+        """Ask the parent to kill the child running ``call_id``; a parent that does not
+        confirm in time has stopped answering."""
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks[call_id] = ack
+
+        async def confirm() -> None:
+            try:
+                await asyncio.wait_for(self._send(process, {"cancel": call_id}), _GRACE)
+                await asyncio.wait_for(asyncio.shield(ack), self.CANCEL_GRACE)
+            except (asyncio.TimeoutError, ConnectionError, BrokenPipeError):
+                self._acks.pop(call_id, None)
+                detail = f"the {self.name} process stopped answering"
+                await self._lost(process, ProcessDied(detail, process.stderr.text()))
+
+        self._background(confirm())
+
+    async def _answering(self, deadline: float, timeout: float) -> ModelProcess:
+        loop = asyncio.get_running_loop()
+        while True:
+            process = self._parent
+            if process is not None and process.alive:
+                return process
+            if self.load_error:
+                raise RunFailed(self.load_error)
+            wait = min(deadline - loop.time(), 1.0)
+            if wait <= 0:
+                raise RunTimeout(f"no {self.name} process was free within {timeout:g} s")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._loaded.wait(), wait)
+
+    async def call(self, payload: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+        """Send one frame to a free slot and return its answer within ``timeout``.
+
+        A child or a parent that dies during the call fails it with ProcessDied; the engine
+        decides what to do with the batch.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        process = await self._answering(deadline, timeout)
+        try:
+            await asyncio.wait_for(self._slots.acquire(), max(deadline - loop.time(), 0.001))
+        except asyncio.TimeoutError as error:
+            raise RunTimeout(f"no {self.name} slot was free within {timeout:g} s") from error
+        try:
+            process = await self._answering(deadline, timeout)
+            call_id = next(self._ids)
+            answer: asyncio.Future[dict[str, Any]] = loop.create_future()
+            self._calls[call_id] = answer
+            try:
+                remaining = max(deadline - loop.time(), 0.001)
+                await asyncio.wait_for(self._send(process, {**payload, "id": call_id}), remaining)
+                remaining = max(deadline - loop.time(), 0.001)
+                reply = await asyncio.wait_for(asyncio.shield(answer), remaining)
+            except asyncio.TimeoutError as error:
+                self._calls.pop(call_id, None)
+                self._cancel(process, call_id)
+                raise RunTimeout(f"{self.name} did not finish within {timeout:g} s") from error
+            except (ConnectionError, BrokenPipeError) as error:
+                self._calls.pop(call_id, None)
+                raise ProcessDied(f"the {self.name} process broke its pipe ({error})") from error
+            except asyncio.CancelledError:
+                if self._calls.pop(call_id, None) is not None:
+                    self._cancel(process, call_id)
+                raise
+        finally:
+            self._slots.release()
+        if reply.get("died"):
+            self.replaced += 1
+            code = reply.get("code")
+            raise ProcessDied(
+                f"a {self.name} process exited with code {code} during the run",
+                process.stderr.text(),
+            )
+        return reply
+
+    async def stop(self) -> None:
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        process = self._parent
+        if process is not None:
+            await self._lost(process, ProcessDied(f"the {self.name} process was stopped"))

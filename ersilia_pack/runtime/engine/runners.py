@@ -2,12 +2,18 @@
 
 A runner only runs and reports: which rows came back and which rows were malformed. What to
 do about a failed batch (probe, split, null rows) is the engine's decision alone.
+
+Load-once workers and warm runs have two shapes. Forked (the default): one model-side parent
+per API loads once and forks a child per slot or per run, so the slots share what the load
+made (ForkedPool). Separate (``--separate-workers``, or an API the pack found unsafe to fork):
+one process per slot, each loading on its own (ProcessPool).
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import logging
 import os
 import sys
@@ -17,7 +23,9 @@ from typing import Any, Protocol
 
 from ersilia_pack.runtime.bundle.manifest import ApiDefinition, Bundle
 from ersilia_pack.runtime.engine.processes import (
+    ForkedPool,
     OutputTail,
+    ProcessDied,
     ProcessPool,
     RunError,
     RunFailed,
@@ -242,11 +250,12 @@ class _ColdExecutor:
 
 
 class _WarmExecutor:
-    """A warm process per slot forks a child per run that executes the script as __main__.
+    """A warm process forks a child per run that executes the script as __main__.
 
-    Each warm process has imported the script's imports and run it once on the example
-    input in a workspace of its own (so lazy imports and caches are loaded), and keeps one
-    child forked ahead.
+    The warm process has imported the script's imports and run it once on the example input
+    in a workspace of its own (so lazy imports and caches are loaded), and keeps one child
+    forked ahead. Forked (the default), one warm process runs up to ``size`` runs at once;
+    with ``fork=False`` there is a warm process per slot, one run at a time each.
     """
 
     warm = True
@@ -261,6 +270,7 @@ class _WarmExecutor:
         size: int,
         load_timeout: float,
         runs_root: Path,
+        fork: bool = True,
     ) -> None:
         if not api.warm_script:
             raise ValueError(f"{api.name} has no warm script")
@@ -268,9 +278,12 @@ class _WarmExecutor:
         self.script = str(bundle.framework_dir / api.warm_script)
         self._framework = bundle.framework_dir
         self._runs_root = runs_root
-        self.pool = ProcessPool(
+        self._killed = 0
+        command = [bundle.manifest.environment.python, str(bundle.path / "app" / "warm.py")]
+        command += [self.script, "--forked"] if fork else [self.script]
+        self.pool: ForkedPool | ProcessPool = (ForkedPool if fork else ProcessPool)(
             f"{api.name} warm runner",
-            [bundle.manifest.environment.python, str(bundle.path / "app" / "warm.py"), self.script],
+            command,
             size=size,
             load_timeout=load_timeout,
             env=env,
@@ -295,7 +308,8 @@ class _WarmExecutor:
 
     @property
     def restarts(self) -> int:
-        return self.pool.replaced
+        """Warm processes replaced, and runs killed by a signal (each run is a process)."""
+        return self.pool.replaced + self._killed
 
     async def start(self) -> None:
         await self.pool.start()
@@ -313,6 +327,9 @@ class _WarmExecutor:
         reply = await self.pool.call(job, timeout=timeout)
         code = int(reply.get("code", 1))
         text = _file_tail(workspace.log)
+        if code < 0:  # killed by a signal from outside (the OOM killer, say): worth a retry
+            self._killed += 1
+            raise ProcessDied(f"{self.api.name} was killed by signal {-code}", text)
         if code != 0:
             raise RunFailed(f"{self.api.name} exited with code {code}", text)
         _log_output(self.api.name, text)
@@ -329,6 +346,7 @@ class ScriptRunner:
         concurrency: int,
         warm: bool = False,
         load_timeout: float = 600.0,
+        fork: bool = True,
     ) -> None:
         self.bundle = bundle
         self.api = api
@@ -343,6 +361,7 @@ class ScriptRunner:
                 size=concurrency,
                 load_timeout=load_timeout,
                 runs_root=self._runs_root,
+                fork=fork,
             )
             if warm
             else _ColdExecutor(bundle, api, env)
@@ -384,27 +403,36 @@ class ScriptRunner:
 
 
 class LoadOnceRunner:
-    """A ``<api>.py`` API: workers call ``load()`` once, then answer batches over a pipe.
+    """A ``<api>.py`` API: ``load()`` runs once, then batches are answered over a pipe.
 
-    Each worker runs in a workspace of its own (working directory and ``TMPDIR``), removed
-    when the worker stops.
+    Forked (the default), one parent loads and forks ``size`` slot children; with
+    ``fork=False`` each slot is a worker of its own that loads. Every slot (and the parent)
+    runs in a workspace of its own (working directory and ``TMPDIR``), removed when its
+    process stops.
     """
 
     warm = True
 
     def __init__(
-        self, bundle: Bundle, api: ApiDefinition, *, size: int, load_timeout: float = 600.0
+        self,
+        bundle: Bundle,
+        api: ApiDefinition,
+        *,
+        size: int,
+        load_timeout: float = 600.0,
+        fork: bool = True,
     ):
         self.bundle = bundle
         self.api = api
         self.concurrency = size
+        self.fork = fork
         command = [
             bundle.manifest.environment.python,
             str(bundle.path / "app" / "worker.py"),
             str(bundle.framework_dir / api.script),
             api.class_name or "",
         ]
-        self.pool = ProcessPool(
+        self.pool: ForkedPool | ProcessPool = (ForkedPool if fork else ProcessPool)(
             f"{api.name} worker",
             command,
             size=size,
@@ -413,11 +441,30 @@ class LoadOnceRunner:
             prepare=self._prepare,
         )
 
-    def _prepare(self) -> tuple[Path, dict[str, str], list[str], Any]:
-        workspace = Workspace(
+    def _workspace(self) -> Workspace:
+        return Workspace(
             self.bundle.state_dir / "runs", self.bundle.framework_dir, f"{self.api.name}-worker"
         )
-        return workspace.cwd, workspace.variables, [], workspace.remove
+
+    def _prepare(self) -> tuple[Path, dict[str, str], list[str], Any]:
+        workspace = self._workspace()
+        if not self.fork:
+            return workspace.cwd, workspace.variables, [], workspace.remove
+        made = [workspace]
+        try:
+            for _ in range(self.concurrency):
+                made.append(self._workspace())
+        except OSError:
+            for each in made:
+                each.remove()
+            raise
+        slots = [{"cwd": str(each.cwd), "env": each.variables} for each in made[1:]]
+
+        def remove() -> None:
+            for each in made:
+                each.remove()
+
+        return workspace.cwd, workspace.variables, [json.dumps(slots)], remove
 
     @property
     def ready(self) -> bool:

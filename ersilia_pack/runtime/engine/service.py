@@ -92,11 +92,15 @@ def make_runner(
     bundle: Bundle, api: ApiDefinition, settings: ServeSettings, *, slots: int
 ) -> Runner:
     """The runner an API gets: load-once workers for ``.py``; for ``.sh``, warm runs where the
-    pack-time check found them equal to cold runs, else a fresh process per run."""
+    pack-time check found them equal to cold runs, else a fresh process per run. Slots are
+    forked from one loaded parent unless the settings or the pack-time check say otherwise."""
+    fork = api.fork and not settings.separate_workers
     if api.kind == "py":
-        return LoadOnceRunner(bundle, api, size=slots, load_timeout=settings.timeout)
+        return LoadOnceRunner(bundle, api, size=slots, load_timeout=settings.timeout, fork=fork)
     warm = bool(api.warm and api.warm_script and not settings.cold)
-    return ScriptRunner(bundle, api, concurrency=slots, warm=warm, load_timeout=settings.timeout)
+    return ScriptRunner(
+        bundle, api, concurrency=slots, warm=warm, load_timeout=settings.timeout, fork=fork
+    )
 
 
 class ModelService:
