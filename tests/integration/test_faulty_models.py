@@ -176,6 +176,14 @@ def test_load_once_workers_are_stopped_at_shutdown(packed: Callable[..., Path]) 
         assert wait_ready(client) == {"ready": True, "apis": {"run": True}}
         assert client.post("/run", json=["abc"]).status_code == 200
         running = processes_mentioning(marker)
+        parents = [pid for pid in running if _parent_of(pid) not in running]
 
-    assert len(running) == 1
+    # one slot: the parent that loaded the model and the child it forked for the slot
+    assert len(running) == 2
+    assert len(parents) == 1
     assert wait_until_gone(marker) == []
+
+
+def _parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])

@@ -62,13 +62,28 @@ def clean_error(server: Server, response: httpx.Response, status: int, bundle: P
     return str(detail)
 
 
-def worker_pids(server: Server) -> set[int]:
+def worker_parents(server: Server) -> set[int]:
+    """The load-once parents the server started (one per API; each loads its model once)."""
     children = children_of(server.pid)
     return {
         pid
         for pid, cmdline in processes_of(server).items()
         if "app/worker.py" in cmdline and children.get(pid) not in (None, "Z")
     }
+
+
+def worker_slots(server: Server) -> set[int]:
+    """The slots the load-once parents forked, which answer the batches."""
+    return {
+        pid
+        for parent in worker_parents(server)
+        for pid, state in children_of(parent).items()
+        if state != "Z"
+    }
+
+
+def worker_pids(server: Server) -> set[int]:
+    return worker_parents(server) | worker_slots(server)
 
 
 def assert_nothing_left(server: Server, bundle: Path) -> None:
@@ -88,7 +103,12 @@ def assert_nothing_left(server: Server, bundle: Path) -> None:
             for pid, cmdline in processes_of(server).items()
             if pid != server.pid and pid not in workers
         }
-        zombies = [pid for pid, state in children_of(server.pid).items() if state == "Z"]
+        zombies = [
+            pid
+            for parent in (server.pid, *worker_parents(server))
+            for pid, state in children_of(parent).items()
+            if state == "Z"
+        ]
         if not (leftovers or others or zombies) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -174,7 +194,7 @@ def test_a_model_printing_to_stdout_does_not_break_its_worker(server: Server, bu
 def test_an_input_that_kills_its_worker_gets_a_null_row_and_the_rest_are_answered(
     server: Server, bundle: Path
 ) -> None:
-    before = worker_pids(server)
+    parents, before = worker_parents(server), worker_slots(server)
     response = post(server, "live", ["kill", "abc"], with_meta="true")
     assert response.status_code == 200, response.text
     body = response.json()
@@ -184,7 +204,10 @@ def test_an_input_that_kills_its_worker_gets_a_null_row_and_the_rest_are_answere
     assert "Traceback" not in response.text and str(bundle) not in response.text
     assert_still_serving(server)
     assert_nothing_left(server, bundle)
-    assert not before & worker_pids(server)  # the dead worker was replaced
+    # the dead slot was replaced by a fork of its loaded parent, which did not load again
+    after = worker_slots(server)
+    assert before - after and len(after) == len(before)
+    assert worker_parents(server) == parents
 
 
 def test_a_worker_killed_mid_request_is_replaced_and_the_request_answered(
@@ -205,7 +228,9 @@ def test_a_worker_killed_mid_request_is_replaced_and_the_request_answered(
     # The pool retries the batch once on a fresh worker, so the caller still gets its answer.
     assert response.status_code == 200, response.text
     assert response.json() == [{"length": 4}]
-    assert victim not in children_of(server.pid)  # reaped, not a zombie
+    # reaped, not a zombie: neither the server's child nor a forked slot of a worker parent
+    assert victim not in children_of(server.pid)
+    assert all(victim not in children_of(parent) for parent in worker_parents(server))
     assert_still_serving(server)
     assert_nothing_left(server, bundle)
 
