@@ -56,7 +56,7 @@ JOBS_TEST_COUNTER: a file that gets one line per run, the number of inputs it co
 JOBS_TEST_GATE: a file that must exist before a run answers (lets a test hold a job).
 JOBS_TEST_BROKEN: when set, every run fails (a broken model).
 JOBS_TEST_FAILURES: a file holding a number: that many runs fail, then the model recovers.
-An input "hang" makes its run wait a minute (longer than a test's timeout).
+An input starting with "hang" makes its run wait a minute (longer than a test's timeout).
 """
 
 import csv
@@ -82,7 +82,7 @@ if gate:
     deadline = time.time() + 120
     while not os.path.exists(gate) and time.time() < deadline:
         time.sleep(0.02)
-if "hang" in inputs:
+if any(text.startswith("hang") for text in inputs):
     time.sleep(60)
 counter = os.environ.get("JOBS_TEST_COUNTER")
 if counter:

@@ -47,12 +47,14 @@ def test_a_chunk_the_model_fails_on_for_a_while_is_tried_again_and_the_job_is_do
     ]
 
 
-def test_a_chunk_that_keeps_timing_out_gets_null_rows_with_the_reason_and_the_job_is_done(
+def test_a_chunk_whose_every_input_times_out_gets_null_rows_with_the_reason_and_the_job_is_done(
     bundle: Path, store_settings: dict[str, str]
 ) -> None:
     settings = {"timeout": 1.0, "job_chunk_retries": 1, **store_settings}
     with serve(bundle, **settings) as client:
-        job_id = client.post("/job/submit", json=["CCO", "hello", "hang", "zz"]).json()["job_id"]
+        job_id = client.post("/job/submit", json=["CCO", "hello", "hang-1", "hang-2"]).json()[
+            "job_id"
+        ]
         status = finished(client, job_id)
         rows = client.get(f"/job/result/{job_id}").json()
         store = client.app.state.jobs.store  # type: ignore[attr-defined]
