@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from jobkit import wait_for
 from ersilia_pack.runtime.bundle.manifest import load_bundle
 from ersilia_pack.runtime.settings import ServeSettings
 from ersilia_pack.runtime.state.jobs import holder_is_dead, host_key
+from ersilia_pack.runtime.state.sqlite_store import SqliteStore
 from ersilia_pack.runtime.state.store import (
     FINISHED,
     SAVED,
@@ -236,3 +238,26 @@ def test_a_server_takes_the_chunks_of_a_dead_replica_and_leaves_a_live_ones_alon
     ]
     assert (orphaned["chunks_processed"], orphaned["computed_rows"]) == (2, 4)
     assert held["state"] == "running" and held["done"] == 0
+
+
+def test_a_job_database_of_schema_1_gets_a_queue_of_the_chunks_its_jobs_have_not_recorded(
+    bundle: Path,
+) -> None:
+    path = bundle / "state" / "state.db"
+    first = SqliteStore(path)
+    first.create_job(record("j1", "h", chunks=3), [["a", "b"], ["c", "d"], ["e"]])
+    (zero,) = claim(first, "me", 1)
+    first.save_chunk(zero, ChunkResult([[1, "A"], [1, "B"]]), computed=2, cached=0)
+    first.close()
+    # What schema 1 kept: no queue table.
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE job_queue")
+        db.execute("PRAGMA user_version = 1")
+
+    upgraded = SqliteStore(path)
+    try:
+        claimed = chunks(claim(upgraded, "after the upgrade"))
+    finally:
+        upgraded.close()
+
+    assert claimed == [("j1", 1), ("j1", 2)]
