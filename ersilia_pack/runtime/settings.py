@@ -28,6 +28,12 @@ class ServeSettings(BaseModel):
     cache_size: int = Field(default=1_000_000, ge=0, description="rows kept in the result cache")
     job_chunk_size: int = Field(default=1000, ge=1)
     job_ttl_hours: float = Field(default=168.0, gt=0)
+    job_claim_seconds: float = Field(
+        default=30.0, gt=0, description="a chunk claim not renewed this long is taken over"
+    )
+    job_chunk_retries: int = Field(
+        default=3, ge=0, description="tries again of a chunk the model failed, before giving up"
+    )
     job_max_inputs: int = Field(default=5_000_000, ge=1, description="most inputs per job")
     job_max_body_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
 

@@ -120,6 +120,15 @@ class ModelService:
                 probe_input=api.example_input[0] if api.example_input else None,
             )
 
+    def has_api(self, name: str) -> bool:
+        """Whether the model serves an API of this name."""
+        return name in self.engines
+
+    def background_slots(self, api_name: str) -> int:
+        """How many runs of background work (jobs) an API takes at once: all its slots but the
+        one the engine keeps for interactive requests."""
+        return max(1, self.engines[api_name].runner.concurrency - 1)
+
     @property
     def ready(self) -> bool:
         return all(engine.ready for engine in self.engines.values())
