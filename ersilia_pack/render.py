@@ -7,6 +7,7 @@ import keyword
 import re
 import shutil
 import textwrap
+import unicodedata
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -21,7 +22,12 @@ from ersilia_pack.install.plan import InstallPlan
 from ersilia_pack.model_dir import ModelSpec
 from ersilia_pack.runtime.bundle.columns import convert_value
 from ersilia_pack.runtime.bundle.environment import Environment
-from ersilia_pack.runtime.bundle.manifest import MANIFEST, ApiDefinition, InstallRecord, Manifest
+from ersilia_pack.runtime.bundle.manifest import (
+    ApiDefinition,
+    InstallRecord,
+    Manifest,
+    write_manifest,
+)
 from ersilia_pack.runtime.http.io import shape
 
 _RESERVED = {
@@ -78,7 +84,13 @@ def new_tag() -> str:
 
 
 def _identifier(name: str, taken: set[str]) -> str:
-    base = re.sub(r"\W", "_", name.strip()).lower() or "column"
+    """A safe ASCII Python identifier for a column name (the name itself becomes an alias).
+
+    ASCII only: a name such as ``r²`` is word characters to a regular expression yet no
+    identifier to Python, and identifiers are NFKC-normalised, so two names could collide.
+    """
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    base = re.sub(r"[^0-9A-Za-z_]", "_", ascii_name.strip()).lower() or "column"
     if (
         base[0].isdigit()
         or keyword.iskeyword(base)
@@ -132,13 +144,25 @@ def _api_context(api: ApiDefinition, modules: set[str]) -> ApiContext:
     )
 
 
+def clean_text(value: str) -> str:
+    """Text that encodes as UTF-8: surrogate pairs (as some YAML escapes give) joined into the
+    character they stand for, lone surrogates replaced by U+FFFD."""
+    return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _python_string(value: str) -> str:
+    # json.dumps would escape a character outside the Basic Multilingual Plane as a surrogate
+    # pair, which Python reads as two lone surrogates that no response can encode.
+    return json.dumps(clean_text(value), ensure_ascii=False)
+
+
 def pyliteral(value: str, indent: int = 8) -> str:
     """A string literal that keeps rendered lines short (implicit concatenation when long)."""
     if len(value) <= 60:
-        return json.dumps(value)
+        return _python_string(value)
     pieces = textwrap.wrap(value, 60, drop_whitespace=False, break_on_hyphens=False)
     pad = " " * indent
-    body = "\n".join(f"{pad}    {json.dumps(piece)}" for piece in pieces)
+    body = "\n".join(f"{pad}    {_python_string(piece)}" for piece in pieces)
     return f"(\n{body}\n{pad})"
 
 
@@ -205,7 +229,20 @@ def api_schema(spec: ModelSpec) -> dict[str, Any]:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = clean_text(json.dumps(payload, indent=2, ensure_ascii=False))
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def _write_python(path: Path, source: str) -> None:
+    """Write a generated module, refusing one that does not compile."""
+    try:
+        compile(source, str(path), "exec", dont_inherit=True)
+    except SyntaxError as error:
+        raise RenderError(
+            f"the generated {path.parent.name}/{path.name} does not compile "
+            f"(line {error.lineno}: {error.msg}); please report this as a bug of ersilia_pack"
+        ) from error
+    path.write_text(source, encoding="utf-8")
 
 
 def render_bundle(
@@ -231,16 +268,14 @@ def render_bundle(
     )
     app_dir = target / "app"
     app_dir.mkdir(exist_ok=True)
-    (app_dir / "__init__.py").write_text(render_template("app/__init__.py.j2", context))
-    (app_dir / "main.py").write_text(render_template("app/main.py.j2", context))
-    (app_dir / "schemas.py").write_text(render_template("app/schemas.py.j2", context))
-    (app_dir / "worker.py").write_text(render_template("app/worker.py.j2", context))
-    (app_dir / "warm.py").write_text(render_template("app/warm.py.j2", context))
+    for name in ("__init__", "main", "schemas", "worker", "warm"):
+        _write_python(app_dir / f"{name}.py", render_template(f"app/{name}.py.j2", context))
     examples_dir = app_dir / "examples"
     examples_dir.mkdir(exist_ok=True)
     for api, api_context in zip(spec.apis, context.apis):
-        (app_dir / f"{api_context.module}.py").write_text(
-            render_template("app/api.py.j2", context, api=api_context)
+        _write_python(
+            app_dir / f"{api_context.module}.py",
+            render_template("app/api.py.j2", context, api=api_context),
         )
         _write_json(
             examples_dir / f"{api.name}.json",
@@ -252,7 +287,9 @@ def render_bundle(
         )
     installs = target / "installs"
     installs.mkdir(exist_ok=True)
-    (installs / "install.sh").write_text(render_template("install.sh.j2", context))
+    (installs / "install.sh").write_text(
+        render_template("install.sh.j2", context), encoding="utf-8"
+    )
     _write_json(
         target / "information.json",
         {
@@ -277,7 +314,3 @@ def render_bundle(
     )
     write_manifest(target, manifest)
     return manifest
-
-
-def write_manifest(bundle_dir: Path, manifest: Manifest) -> None:
-    (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")

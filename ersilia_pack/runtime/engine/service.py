@@ -66,6 +66,7 @@ class Prediction:
 def make_runner(bundle: Bundle, api: ApiDefinition, settings: ServeSettings) -> Runner:
     """The runner an API gets: load-once workers for ``.py``; for ``.sh``, warm runs where the
     pack-time check found them equal to cold runs, else a fresh process per run."""
+    settings = settings.model_copy(update={"workers": 1}) if api.serial else settings
     if api.kind == "py":
         return LoadOnceRunner(bundle, api, size=settings.workers, timeout=settings.timeout)
     if api.warm and api.warm_script and not settings.cold:
