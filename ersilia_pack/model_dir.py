@@ -388,7 +388,7 @@ def find_lfs_pointers(model_dir: Path) -> list[LfsPointer]:
                 if key == "size" and value.strip().isdigit():
                     size = int(value)
             found.append(LfsPointer(path=path.relative_to(model_dir).as_posix(), size=size))
-    return found
+    return sorted(found, key=lambda pointer: pointer.path)
 
 
 def hash_model_dir(model_dir: Path) -> str:

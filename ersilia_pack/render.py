@@ -150,17 +150,45 @@ def clean_text(value: str) -> str:
     return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x80:
+        return char
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def _python_string(value: str) -> str:
-    # json.dumps would escape a character outside the Basic Multilingual Plane as a surrogate
-    # pair, which Python reads as two lone surrogates that no response can encode.
-    return json.dumps(clean_text(value), ensure_ascii=False)
+    """A double-quoted Python literal in ASCII: other characters as Python escapes.
+
+    Not json.dumps alone: it escapes a character outside the Basic Multilingual Plane as a
+    surrogate pair, which Python reads as two lone surrogates that no response can encode.
+    """
+    text = json.dumps(clean_text(value), ensure_ascii=False)
+    return "".join(map(_escape, text))
+
+
+def _short_pieces(piece: str, width: int) -> list[str]:
+    """``piece`` cut so that each part's literal stays within ``width`` characters."""
+    parts, current = [], ""
+    for char in piece:
+        if current and len(_python_string(current + char)) > width:
+            parts.append(current)
+            current = ""
+        current += char
+    return [*parts, current]
 
 
 def pyliteral(value: str, indent: int = 8) -> str:
     """A string literal that keeps rendered lines short (implicit concatenation when long)."""
-    if len(value) <= 60:
+    if len(_python_string(value)) <= 62:
         return _python_string(value)
-    pieces = textwrap.wrap(value, 60, drop_whitespace=False, break_on_hyphens=False)
+    pieces = [
+        part
+        for piece in textwrap.wrap(value, 60, drop_whitespace=False, break_on_hyphens=False)
+        for part in _short_pieces(piece, 78)
+    ]
     pad = " " * indent
     body = "\n".join(f"{pad}    {_python_string(piece)}" for piece in pieces)
     return f"(\n{body}\n{pad})"
