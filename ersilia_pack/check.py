@@ -206,7 +206,7 @@ def _example_failures(api: ApiDefinition, answer: Answer) -> list[str]:
 
 def _time_limit(seconds: float, timeout: float) -> float:
     """How long a warm or overlapping run may take: a multiple of the cold run, bounded."""
-    return min(timeout, max(WARM_CHECK_MIN_SECONDS, TIME_FACTOR * seconds))
+    return min(timeout, float(math.ceil(max(WARM_CHECK_MIN_SECONDS, TIME_FACTOR * seconds))))
 
 
 def _write_decisions(bundle_dir: Path, warm: dict[str, bool], serial: dict[str, str]) -> None:

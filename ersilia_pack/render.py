@@ -28,7 +28,10 @@ from ersilia_pack.runtime.bundle.manifest import (
     Manifest,
     write_manifest,
 )
+from ersilia_pack.runtime.engine import framing
 from ersilia_pack.runtime.http.io import shape
+
+FRAMING_MODULE = "ersilia_framing.py"
 
 _RESERVED = {
     "model_config",
@@ -298,6 +301,8 @@ def render_bundle(
     app_dir.mkdir(exist_ok=True)
     for name in ("__init__", "main", "schemas", "worker", "warm"):
         _write_python(app_dir / f"{name}.py", render_template(f"app/{name}.py.j2", context))
+    # The frames both model processes speak, from the module the server reads them with.
+    shutil.copyfile(framing.__file__, app_dir / FRAMING_MODULE)
     examples_dir = app_dir / "examples"
     examples_dir.mkdir(exist_ok=True)
     for api, api_context in zip(spec.apis, context.apis):

@@ -4,6 +4,7 @@ and a warm run that hangs falls back to cold with the reason."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,13 @@ def test_a_warm_run_that_hangs_falls_back_to_cold_with_the_reason(
         bundle = pack(source, backend="system", repository_root=tmp_path / "repo").bundle_dir
 
     assert load_bundle(bundle).apis["run"].warm is False
-    assert "run runs cold: its warm run did not finish within 2 s" in caplog.text
+    # Ten times the cold run, at least 2 s here: the warm runner's warm-up (which runs the
+    # script) or its run, whichever hangs, is given up on within that time.
+    reason = re.search(
+        r"run runs cold: its warm run (did not finish|failed \(.*) within (\d+) s", caplog.text
+    )
+    assert reason is not None, caplog.text
+    assert int(reason.group(2)) >= 2
 
 
 def test_a_script_whose_warm_run_agrees_runs_warm_and_in_parallel(
