@@ -8,6 +8,7 @@ import hashlib
 import os
 import shlex
 import stat
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,6 +71,9 @@ class ModelSpec(BaseModel):
 
 
 def _read_csv(path: Path) -> list[list[str]]:
+    # An example may hold a field longer than the csv module's default limit (128 KiB), as a
+    # model's output may; the engine reads outputs with the same limit.
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
         return [row for row in csv.reader(handle) if row]
 
