@@ -65,6 +65,19 @@ def test_with_state_dir_serving_never_writes_into_the_bundle(
     assert (state / "state.db").is_file()
 
 
+def test_a_load_once_model_served_with_state_dir_never_writes_into_the_bundle(
+    packed: Callable[..., Path], tmp_path: Path
+) -> None:
+    bundle = packed("load-once-py")
+    before = snapshot(bundle)
+
+    with server_process(serve_argv(bundle, "--state-dir", str(tmp_path / "state"))) as url:
+        answer = httpx.post(f"{url}/run", json=["abc", "hello"], timeout=60)
+
+    assert answer.status_code == 200, answer.text
+    assert snapshot(bundle) == before
+
+
 def test_the_state_folder_can_come_from_the_environment(
     packed: Callable[..., Path], tmp_path: Path
 ) -> None:
