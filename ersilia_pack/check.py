@@ -42,7 +42,7 @@ WARM_CHECK_MIN_SECONDS = 30.0
 # A warm or overlapping run may take this many times the cold run before it counts as hung.
 TIME_FACTOR = 10
 OVERLAPPING_REQUESTS = 4
-OVERLAPPING_WORKERS = 3
+OVERLAPPING_WORKERS = 2  # slots: each loads the model, so few
 MAX_REPORTED = 10
 
 Rows = list[list[Any] | None]
@@ -184,7 +184,8 @@ def check_app(bundle_dir: Path) -> None:
             except ServeError as error:
                 raise RenderError(f"the bundle cannot be served: {error}") from error
             # Without the context manager the app's start-up (the model) does not run.
-            problems = check_documents(TestClient(app, raise_server_exceptions=False))
+            with contextlib.closing(TestClient(app, raise_server_exceptions=False)) as client:
+                problems = check_documents(client)
     finally:
         forget_bundle_app(bundle_dir)
     if problems:
