@@ -229,7 +229,7 @@ def _warm_agrees(client: TestClient, api: ApiDefinition, cold: Answer, limit: fl
     """None when the warm run gives exactly what the cold run gave, else why not."""
     warm = post_inputs(client, api, api.example_input)
     if warm.timed_out:
-        return f"its warm run did not finish within {limit:g} s"
+        return f"its warm run failed (it did not finish within {limit:g} s)"
     if warm.error:
         return f"its warm run failed ({warm.error})"
     if warm.failed.keys() != cold.failed.keys():
