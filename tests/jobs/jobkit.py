@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import io
 import math
 import os
@@ -23,23 +22,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from helpers import UVICORN_LINE, console_script, write_tree
+from helpers import DATA, UVICORN_LINE, console_script, write_tree
 
-TESTS = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
-
-
-def _shared_data_path() -> Path:
-    """The shared SMILES data set, found the way ``tests/conftest.py`` finds it."""
-    spec = importlib.util.spec_from_file_location("_shared_test_conftest", TESTS / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    path: Path = module.DATA
-    return path
-
-
-DATA = _shared_data_path()
 
 
 def read_data() -> tuple[list[str], list[float]]:

@@ -93,6 +93,7 @@ def make_runner(
 ) -> Runner:
     """The runner an API gets: load-once workers for ``.py``; for ``.sh``, warm runs where the
     pack-time check found them equal to cold runs, else a fresh process per run."""
+    slots = 1 if api.serial else slots
     if api.kind == "py":
         return LoadOnceRunner(bundle, api, size=slots, load_timeout=settings.timeout)
     warm = bool(api.warm and api.warm_script and not settings.cold)

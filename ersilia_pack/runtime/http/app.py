@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ersilia_pack import __version__
-from ersilia_pack.runtime.bundle.manifest import Bundle, load_bundle
+from ersilia_pack.runtime.bundle.manifest import Bundle, load_bundle, make_state_dir
 from ersilia_pack.runtime.engine.service import REQUEST_ID, ModelService, PredictionError
 from ersilia_pack.runtime.http import job_routes as job_routes
 from ersilia_pack.runtime.http.body import read_inputs
@@ -245,13 +245,14 @@ def _add_error_handling(app: FastAPI) -> None:
 
 def build_app(bundle_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
     """A FastAPI app serving the bundle at ``bundle_dir``; generated apps add their API routes."""
-    bundle = load_bundle(bundle_dir)
     settings = settings or ServeSettings.from_env()
+    bundle = load_bundle(bundle_dir, state_dir=settings.state_dir)
     card = bundle.card
     title = str(card.get("Title") or bundle.manifest.model_id)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        make_state_dir(bundle)
         store = open_store(bundle, settings)
         cache = ResultCache.for_bundle(store, bundle, settings)
         service = ModelService(bundle, settings, cache=cache)
