@@ -295,6 +295,13 @@ def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="keep jobs and the cache in Redis (or set ERSILIA_PACK_REDIS_URL)",
         ),
+        click.option(
+            "--public-metrics",
+            "public_metrics",
+            is_flag=True,
+            default=None,
+            help="serve GET /metrics without the API key (or set ERSILIA_PACK_PUBLIC_METRICS=1)",
+        ),
     ]
     for option in reversed(options):
         function = option(function)

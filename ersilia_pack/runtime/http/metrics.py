@@ -1,0 +1,200 @@
+"""``GET /metrics``: what a served model did, in Prometheus' text format.
+
+Each app has a registry of its own, so many apps can live in one process (as in the tests).
+HTTP figures come from a middleware; rows come from the model service, which tells of every
+prediction it answers (requests and jobs alike); the engine's queues, runs and restarts and the
+jobs by state are read when the metrics are scraped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ersilia_pack.runtime.engine.service import Prediction
+from ersilia_pack.runtime.state.store import QUEUED, RUNNING
+
+PREFIX = "ersilia_pack"
+# A model run takes from milliseconds to minutes.
+SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+UNMATCHED = "unmatched"
+
+
+class Metrics:
+    """The figures of one app, kept in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            f"{PREFIX}_http_requests",
+            "HTTP requests answered, by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template and method",
+            ["route", "method"],
+            buckets=SECONDS,
+            registry=self.registry,
+        )
+        self.rows = Counter(
+            f"{PREFIX}_rows",
+            "Rows answered by API: computed (the model ran for them), cached (from the result "
+            "cache) and failed (null rows, a subset of the other two or not in the cache)",
+            ["api", "outcome"],
+            registry=self.registry,
+        )
+        self.prediction_seconds = Histogram(
+            f"{PREFIX}_prediction_duration_seconds",
+            "Time to answer one prediction that ran the model (a request, or a job's chunk), "
+            "waiting for a free worker included",
+            ["api"],
+            buckets=SECONDS,
+            registry=self.registry,
+        )
+
+    def observe_prediction(
+        self, api: str, computed: int, prediction: Prediction, seconds: float
+    ) -> None:
+        """Count the rows of one answered prediction (the model service calls it)."""
+        self.rows.labels(api, "computed").inc(computed)
+        self.rows.labels(api, "cached").inc(prediction.cached)
+        self.rows.labels(api, "failed").inc(len(prediction.errors))
+        if computed:
+            self.prediction_seconds.labels(api).observe(seconds)
+
+
+class _StateCollector(Collector):
+    """Figures read at scrape time from the running engine and the job store."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def describe(self) -> list[Metric]:
+        # Described as nothing, so registering never calls collect() before start-up.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        service = getattr(self.app.state, "service", None)
+        if service is None:
+            return
+        runs = CounterMetricFamily(
+            f"{PREFIX}_model_runs", "Runs of the model (batches of inputs), by API", labels=["api"]
+        )
+        waiting = GaugeMetricFamily(
+            f"{PREFIX}_inputs_waiting",
+            "Inputs waiting for a run, by API and queue (interactive requests or jobs)",
+            labels=["api", "queue"],
+        )
+        restarts = CounterMetricFamily(
+            f"{PREFIX}_worker_restarts",
+            "Model processes that died or ran out of time and were replaced, by API",
+            labels=["api"],
+        )
+        for name, engine in service.engines.items():
+            if isinstance(getattr(engine, "runs", None), int):
+                runs.add_metric([name], engine.runs)
+            for queue, attribute in (("interactive", "_pending"), ("jobs", "_background")):
+                queued = getattr(engine, attribute, None)
+                if queued is not None:
+                    waiting.add_metric([name, queue], len(queued))
+            pool = getattr(getattr(engine, "runner", None), "pool", None)
+            replaced = getattr(pool, "replaced", None)
+            restarts.add_metric([name], replaced if isinstance(replaced, int) else 0)
+        yield runs
+        yield waiting
+        yield restarts
+        jobs = getattr(self.app.state, "jobs", None)
+        if jobs is not None:
+            yield _active_jobs(jobs)
+
+
+def _active_jobs(manager: Any) -> Metric:
+    """Queued and running jobs of this model, from the store (every replica's, not only ours)."""
+    counts = {QUEUED: 0, RUNNING: 0}
+    for candidate in manager.store.candidates(manager.model_hash, time.time()):
+        job = manager.store.get_job(candidate.job_id)
+        if job is not None and job.state in counts:
+            counts[job.state] += 1
+    family = GaugeMetricFamily(
+        f"{PREFIX}_jobs", "Jobs of this model not yet finished, by state", labels=["state"]
+    )
+    for state, count in counts.items():
+        family.add_metric([state], count)
+    return family
+
+
+def _route_of(app: FastAPI, scope: Scope) -> str:
+    """The route template a request matched (``/job/status/{job_id}``), never the raw path."""
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", UNMATCHED))
+    return UNMATCHED
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: count every HTTP request and time it, by route and status."""
+
+    def __init__(self, app: ASGIApp, fastapi_app: FastAPI, metrics: Metrics) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = _route_of(self.fastapi_app, scope)
+            method = str(scope.get("method", ""))
+            self.metrics.requests.labels(route, method, str(status)).inc()
+            self.metrics.latency.labels(route, method).observe(time.perf_counter() - started)
+
+
+def add_metrics(app: FastAPI) -> Metrics:
+    """Count requests on ``app`` and serve ``GET /metrics``; the app's :class:`Metrics`.
+
+    Add it after the other middleware, so it is the outermost and sees every answer (a refusal
+    by the API-key check too).
+    """
+    metrics = Metrics()
+    metrics.registry.register(_StateCollector(app))
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, fastapi_app=app, metrics=metrics)
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Figures of this server in Prometheus' text format",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
+    async def metrics_route(request: Request) -> Response:
+        # The job store is read while scraping: off the event loop.
+        body = await asyncio.to_thread(generate_latest, metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return metrics
