@@ -9,6 +9,7 @@ jobs by state are read when the metrics are scraped.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
-from starlette.routing import Match
+from starlette.routing import Match, Mount, compile_path, get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ersilia_pack.runtime.engine.service import Prediction
@@ -135,13 +136,33 @@ def _active_jobs(manager: Any) -> Metric:
     return family
 
 
-def _route_of(app: FastAPI, scope: Scope) -> str:
-    """The route template a request matched (``/job/status/{job_id}``), never the raw path."""
-    for route in app.router.routes:
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", UNMATCHED))
-    return UNMATCHED
+class _Routes:
+    """The route template of a request (``/job/status/{job_id}``), never its raw path."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self._templates: list[tuple[re.Pattern[str], str]] | None = None
+
+    def of(self, scope: Scope, before: Scope) -> str:
+        """``scope`` as the router left it; ``before``, a copy taken before routing."""
+        route = scope.get("route")
+        if route is not None and isinstance(getattr(route, "path", None), str):
+            return str(route.path)
+        for candidate in self.app.router.routes:
+            if isinstance(candidate, Mount) and candidate.matches(before)[0] == Match.FULL:
+                return candidate.path
+        # Never routed (refused by the API-key check): match the documented templates.
+        path = get_route_path(before)
+        for pattern, template in self._documented():
+            if pattern.match(path):
+                return template
+        return UNMATCHED
+
+    def _documented(self) -> list[tuple[re.Pattern[str], str]]:
+        if self._templates is None:
+            paths = self.app.openapi().get("paths", {})
+            self._templates = [(compile_path(path)[0], path) for path in paths]
+        return self._templates
 
 
 class MetricsMiddleware:
@@ -149,7 +170,7 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI, metrics: Metrics) -> None:
         self.app = app
-        self.fastapi_app = fastapi_app
+        self.routes = _Routes(fastapi_app)
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -157,6 +178,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        before = dict(scope)  # routing rewrites some keys (a mount's root path)
         status = 500
 
         async def send_with_status(message: Message) -> None:
@@ -168,7 +190,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            route = _route_of(self.fastapi_app, scope)
+            route = self.routes.of(scope, before)
             method = str(scope.get("method", ""))
             self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.latency.labels(route, method).observe(time.perf_counter() - started)
