@@ -259,7 +259,8 @@ def test_a_wrong_key_is_refused_clearly_and_the_right_one_works(
 def test_thousands_of_inputs_run_as_a_job_with_a_progress_bar(
     browser: WebDriver, open_url: str, tmp_path: Path
 ) -> None:
-    rows = read_csv(DATA)[1:2501]
+    rows = read_csv(DATA)[1:2500]
+    rows.insert(3, ["not-a-smiles", ""])
     upload = tmp_path / "molecules.csv"
     with upload.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -278,11 +279,17 @@ def test_thousands_of_inputs_run_as_a_job_with_a_progress_bar(
     progress = browser.find_element(By.ID, "progress")
     assert (progress.get_property("value"), progress.get_property("max")) == (2500, 2500)
     assert browser.find_element(By.ID, "progress-text").text.endswith("done: 2500 of 2500 rows")
-    assert counts(browser) == (2500, 0)
+    assert counts(browser) == (2500, 1)
     assert "first 1000 of 2500 rows" in browser.find_element(By.ID, "truncated").text
-    names, cells, _ = table(browser)
+    names, cells, classes = table(browser)
     assert len(cells) == 1000
+    assert [i for i, name in enumerate(classes) if name == "failed"] == [3]
+    assert cells[3] == [
+        "not-a-smiles",
+        "no values (a job keeps no reason: run this input on its own to see why)",
+    ]
     weight = names.index("mol_weight")
     for row, (smiles, mol_weight) in zip(cells, rows):
         assert row[0] == smiles
-        assert float(row[weight]) == pytest.approx(float(mol_weight), rel=1e-6)
+        if smiles != "not-a-smiles":
+            assert float(row[weight]) == pytest.approx(float(mol_weight), rel=1e-6)

@@ -189,7 +189,7 @@
       body: JSON.stringify(inputs),
     });
     const reasons = new Map(body.meta.failed.map((item) => [item.index, item.reason]));
-    return { rows: body.result, reasons };
+    return { rows: body.result, reasons, unexplained: "the model gave no values for this input" };
   }
 
   async function runJob(api, inputs) {
@@ -211,7 +211,11 @@
     }
     const rows = await call(`job/result/${id}`);
     // A job's result keeps which rows are null, not why.
-    return { rows, reasons: new Map() };
+    return {
+      rows,
+      reasons: new Map(),
+      unexplained: "no values (a job keeps no reason: run this input on its own to see why)",
+    };
   }
 
   function isNullRow(row) {
@@ -233,9 +237,10 @@
     try {
       const columns = await columnsOf(api);
       const asJob = inputs.length > state.config.job_threshold;
-      const { rows, reasons } = asJob ? await runJob(api, inputs) : await runDirect(api, inputs);
+      const answer = asJob ? await runJob(api, inputs) : await runDirect(api, inputs);
+      const { rows, reasons } = answer;
       rows.forEach((row, i) => {
-        if (isNullRow(row) && !reasons.has(i)) reasons.set(i, "the model gave no values for this input");
+        if (isNullRow(row) && !reasons.has(i)) reasons.set(i, answer.unexplained);
       });
       state.result = { api, inputs, columns, rows, reasons };
       showResult();
