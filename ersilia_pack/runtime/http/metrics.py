@@ -93,10 +93,15 @@ class _StateCollector(Collector):
         runs = CounterMetricFamily(
             f"{PREFIX}_model_runs", "Runs of the model (batches of inputs), by API", labels=["api"]
         )
+        run_seconds = CounterMetricFamily(
+            f"{PREFIX}_model_run_seconds",
+            "Seconds spent in runs of the model, by API (over model_runs_total: the mean run)",
+            labels=["api"],
+        )
         waiting = GaugeMetricFamily(
             f"{PREFIX}_inputs_waiting",
-            "Inputs waiting for a run, by API and queue (interactive requests or jobs)",
-            labels=["api", "queue"],
+            "Inputs waiting for a run, by API (requests and jobs)",
+            labels=["api"],
         )
         restarts = CounterMetricFamily(
             f"{PREFIX}_worker_restarts",
@@ -104,18 +109,11 @@ class _StateCollector(Collector):
             labels=["api"],
         )
         for name, engine in service.engines.items():
-            if isinstance(getattr(engine, "runs", None), int):
-                runs.add_metric([name], engine.runs)
-            for queue, attribute in (("interactive", "_pending"), ("jobs", "_background")):
-                queued = getattr(engine, attribute, None)
-                if queued is not None:
-                    waiting.add_metric([name, queue], len(queued))
-            pool = getattr(getattr(engine, "runner", None), "pool", None)
-            replaced = getattr(pool, "replaced", None)
-            restarts.add_metric([name], replaced if isinstance(replaced, int) else 0)
-        yield runs
-        yield waiting
-        yield restarts
+            runs.add_metric([name], engine.runs)
+            run_seconds.add_metric([name], engine.run_seconds)
+            waiting.add_metric([name], engine.waiting)
+            restarts.add_metric([name], engine.runner.restarts)
+        yield from (runs, run_seconds, waiting, restarts)
         jobs = getattr(self.app.state, "jobs", None)
         if jobs is not None:
             yield _active_jobs(jobs)
