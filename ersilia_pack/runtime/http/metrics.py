@@ -12,7 +12,6 @@ import asyncio
 import re
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -22,7 +21,8 @@ from prometheus_client.registry import Collector
 from starlette.routing import Match, Mount, compile_path, get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ersilia_pack.runtime.engine.service import Prediction
+from ersilia_pack.runtime.engine.service import ModelService, Prediction
+from ersilia_pack.runtime.state.jobs import JobManager
 from ersilia_pack.runtime.state.store import QUEUED, RUNNING
 
 PREFIX = "ersilia_pack"
@@ -87,8 +87,8 @@ class _StateCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        service = getattr(self.app.state, "service", None)
-        if service is None:
+        service: ModelService | None = getattr(self.app.state, "service", None)
+        if service is None:  # not started yet
             return
         runs = CounterMetricFamily(
             f"{PREFIX}_model_runs", "Runs of the model (batches of inputs), by API", labels=["api"]
@@ -114,12 +114,12 @@ class _StateCollector(Collector):
             waiting.add_metric([name], engine.waiting)
             restarts.add_metric([name], engine.runner.restarts)
         yield from (runs, run_seconds, waiting, restarts)
-        jobs = getattr(self.app.state, "jobs", None)
+        jobs: JobManager | None = getattr(self.app.state, "jobs", None)
         if jobs is not None:
             yield _active_jobs(jobs)
 
 
-def _active_jobs(manager: Any) -> Metric:
+def _active_jobs(manager: JobManager) -> Metric:
     """Queued and running jobs of this model, from the store (every replica's, not only ours)."""
     counts = {QUEUED: 0, RUNNING: 0}
     for candidate in manager.store.candidates(manager.model_hash, time.time()):
