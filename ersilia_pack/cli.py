@@ -13,8 +13,10 @@ from typing import Any
 import click
 
 from ersilia_pack import __version__
+from ersilia_pack.containerize import DEFAULT_BASE, ENGINES, containerize, default_tag
 from ersilia_pack.errors import ErsiliaPackError
 from ersilia_pack.install import BACKENDS
+from ersilia_pack.kube import KubeOptions, object_name, write_manifests
 from ersilia_pack.pack import DEFAULT_KEEP, lint, pack
 from ersilia_pack.runtime.settings import ServeSettings
 from ersilia_pack.serve import serve
@@ -426,6 +428,114 @@ def model_lint_cli(repo_path: Path, variant: str | None) -> None:
         f"{spec.model_id} ({spec.slug}) is valid: APIs {apis}; "
         f"{len(spec.plan.steps)} install steps from {spec.plan.source or 'nothing'}"
     )
+
+
+def _megabytes(size: int | None) -> str:
+    return "unknown size" if size is None else f"{size / 1e6:.0f} MB"
+
+
+@pack_cli.command("containerize", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--model_dir",
+    "--model-dir",
+    "model_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="the model directory to build an image of",
+)
+@click.option("-t", "--tag", default=None, help="the image's name (default: MODEL_ID:latest)")
+@click.option(
+    "--base",
+    default=DEFAULT_BASE,
+    show_default=True,
+    help="the Python image ersilia-pack's base image builds on",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default=None,
+    help="build with this (default: docker or podman, the first that answers)",
+)
+@click.option(
+    "--kube",
+    "kube_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="also write Kubernetes manifests for the image into this folder",
+)
+@click.option(
+    "--replicas",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1),
+    help="replicas the manifests start with (and scale down to)",
+)
+@click.option(
+    "--max-replicas",
+    "max_replicas",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1),
+    help="most replicas the autoscaler runs",
+)
+@click.option(
+    "--cpu",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="CPUs each replica asks for; it runs one worker per CPU",
+)
+@click.option("--no-build", "no_build", is_flag=True, help="only write the manifests (with --kube)")
+@click.option(
+    "--no-cache",
+    "no_cache",
+    is_flag=True,
+    help="build the base and model images again from scratch",
+)
+@_logging_options
+def containerize_cli(
+    model_dir: Path,
+    tag: str | None,
+    base: str,
+    engine: str | None,
+    kube_dir: Path | None,
+    replicas: int,
+    max_replicas: int,
+    cpu: int,
+    no_build: bool,
+    no_cache: bool,
+    verbose: bool,
+    quiet: bool,
+) -> None:
+    """Build a model's image (and ersilia-pack's base image when missing); write manifests."""
+    _setup_logging(verbose, quiet)
+    if no_build and kube_dir is None:
+        raise click.UsageError("--no-build writes manifests only: give --kube DIR too")
+    spec = lint(model_dir)
+    image = tag or default_tag(spec)
+    if not no_build:
+        result = containerize(model_dir, tag=image, base=base, engine=engine, no_cache=no_cache)
+        above = (
+            None
+            if result.base_size is None or result.python_size is None
+            else result.base_size - result.python_size
+        )
+        click.echo(
+            f"built {result.tag} with {result.engine}: {_megabytes(result.size)} "
+            f"(on {result.base_tag}, whose layers above {base} take {_megabytes(above)})"
+        )
+        # Docker lets a container's non-root user bind port 80; podman needs the sysctl.
+        sysctl = "--sysctl net.ipv4.ip_unprivileged_port_start=80 " * (result.engine == "podman")
+        click.echo(f"serve it: {result.engine} run {sysctl}-p 8080:80 {result.tag}")
+    if kube_dir is not None:
+        options = KubeOptions(image=image, replicas=replicas, max_replicas=max_replicas, cpu=cpu)
+        written = write_manifests(spec, kube_dir, options)
+        secret = f"{object_name(spec.model_id)}-api-key"
+        click.echo(f"wrote {', '.join(path.name for path in written)} into {kube_dir}")
+        click.echo(
+            f"apply them: kubectl create secret generic {secret} --from-literal=api-key=KEY "
+            f"&& kubectl apply -f {kube_dir}"
+        )
 
 
 pack_command = _run(pack_cli)
