@@ -312,6 +312,13 @@ def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
             help="folder for jobs, the cache and run folders (default: the bundle's state/), "
             "so a read-only bundle can be served",
         ),
+        click.option(
+            "--public-metrics",
+            "public_metrics",
+            is_flag=True,
+            default=None,
+            help="serve GET /metrics without the API key (or set ERSILIA_PACK_PUBLIC_METRICS=1)",
+        ),
     ]
     for option in reversed(options):
         function = option(function)

@@ -44,6 +44,7 @@ class ServeSettings(BaseModel):
     )
     job_max_inputs: int = Field(default=5_000_000, ge=1, description="most inputs per job")
     job_max_body_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    public_metrics: bool = Field(default=False, description="GET /metrics needs no API key")
 
     @classmethod
     def from_env(cls, **overrides: object) -> ServeSettings:

@@ -261,3 +261,17 @@ def test_a_job_database_of_schema_1_gets_a_queue_of_the_chunks_its_jobs_have_not
         upgraded.close()
 
     assert claimed == [("j1", 1), ("j1", 2)]
+
+
+def test_jobs_are_counted_by_state_for_their_model_only(store: Store) -> None:
+    store.create_job(record("j1", "h", chunks=1), [["a"]])
+    store.create_job(record("j2", "h", chunks=1), [["b"]])
+    store.create_job(record("j3", "h", chunks=1), [["c"]])
+    store.create_job(record("other", "another model hash", chunks=1), [["d"]])
+    (first,) = claim(store, "me", 1)
+    store.save_chunk(first, ChunkResult([[1, "A"]]), computed=1, cached=0)
+    store.cancel("j3")
+
+    assert store.count_jobs("h") == {"done": 1, "queued": 1, "cancelled": 1}
+    assert store.count_jobs("another model hash") == {"queued": 1}
+    assert store.count_jobs("no such model") == {}

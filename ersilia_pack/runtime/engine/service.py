@@ -6,6 +6,8 @@ import logging
 import math
 import os
 import re
+import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +105,10 @@ def make_runner(
 class ModelService:
     """Everything the app does with the model, independent of HTTP."""
 
+    # Told of every answered prediction: API, inputs the model was run for, the prediction,
+    # seconds taken. The metrics layer sets it.
+    on_prediction: Callable[[str, int, Prediction, float], None] | None = None
+
     def __init__(
         self, bundle: Bundle, settings: ServeSettings, *, cache: ResultCache | None = None
     ) -> None:
@@ -160,6 +166,7 @@ class ModelService:
         Only inputs missing from the result cache are computed; ``cache_only`` never runs the
         model, and inputs not in the cache get null rows.
         """
+        started = time.perf_counter()
         api = self.bundle.apis[api_name]
         cache = self.cache if self.cache is not None and self.cache.enabled else None
         hits = await cache.fetch(api_name, inputs) if cache and (fetch_cache or cache_only) else {}
@@ -200,9 +207,12 @@ class ModelService:
             pairs = enumerate(zip(todo, rows))
             fresh = {v: r for i, (v, r) in pairs if r is not None and i not in errors}
             await cache.save(api_name, fresh)
-        if len(todo) == len(inputs):
-            return Prediction(rows=rows, errors=errors)
-        return _in_input_order(inputs, hits, todo, Prediction(rows=rows, errors=errors))
+        prediction = Prediction(rows=rows, errors=errors)
+        if len(todo) != len(inputs):
+            prediction = _in_input_order(inputs, hits, todo, prediction)
+        if self.on_prediction is not None:
+            self.on_prediction(api_name, len(todo), prediction, time.perf_counter() - started)
+        return prediction
 
 
 def misfits(

@@ -297,6 +297,18 @@ class RedisStore:
             return None
         return JobRecord.from_fields({_text(k): _text(v) for k, v in fields.items()})
 
+    def count_jobs(self, model_hash: str) -> dict[str, int]:
+        ids = [_text(job_id) for job_id in self._redis.zrange(self._jobs, 0, -1)]
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self._job(job_id), "model_hash", "state")
+        counts: dict[str, int] = {}
+        for fields in pipe.execute() if ids else []:
+            owner, state = (_text(value) if value is not None else None for value in fields)
+            if owner == model_hash and state:
+                counts[state] = counts.get(state, 0) + 1
+        return counts
+
     def claim_chunks(
         self, model_hash: str, holder: str, count: int, *, block: float
     ) -> list[ChunkClaim]:

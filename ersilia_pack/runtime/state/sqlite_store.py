@@ -183,6 +183,14 @@ class SqliteStore:
                 ((job.id, i) for i in range(len(chunks))),
             )
 
+    def count_jobs(self, model_hash: str) -> dict[str, int]:
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT state, COUNT(*) FROM jobs WHERE model_hash = ? GROUP BY state",
+                (model_hash,),
+            ).fetchall()
+        return {str(state): int(count) for state, count in rows}
+
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._reading() as db:
             row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()

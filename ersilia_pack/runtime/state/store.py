@@ -125,6 +125,10 @@ class Store(Protocol):
 
     def get_job(self, job_id: str) -> JobRecord | None: ...
 
+    def count_jobs(self, model_hash: str) -> dict[str, int]:
+        """How many jobs of the model are in each state (every replica's)."""
+        ...
+
     def claim_chunks(
         self, model_hash: str, holder: str, count: int, *, block: float
     ) -> list[ChunkClaim]:
