@@ -312,6 +312,21 @@ def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="keep jobs and the cache in Redis (or set ERSILIA_PACK_REDIS_URL)",
         ),
+        click.option(
+            "--state-dir",
+            "state_dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="folder for jobs, the cache and run folders (default: the bundle's state/), "
+            "so a read-only bundle can be served",
+        ),
+        click.option(
+            "--public-metrics",
+            "public_metrics",
+            is_flag=True,
+            default=None,
+            help="serve GET /metrics without the API key (or set ERSILIA_PACK_PUBLIC_METRICS=1)",
+        ),
     ]
     for option in reversed(options):
         function = option(function)

@@ -11,14 +11,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ersilia_pack.check import MAX_REPORTED, check_examples
+from ersilia_pack.check import MAX_REPORTED, check_app, check_examples
 from ersilia_pack.errors import ModelDirError, Problem, RenderError
 from ersilia_pack.install import get_backend
 from ersilia_pack.install.base import EnvRequest, install
 from ersilia_pack.install.venv import ENVS_DIR
 from ersilia_pack.model_dir import ModelSpec, read_model_dir
-from ersilia_pack.render import new_tag, render_bundle, write_manifest
-from ersilia_pack.runtime.bundle.manifest import MANIFEST, TAG_PATTERN, InstallRecord, load_bundle
+from ersilia_pack.render import new_tag, render_bundle
+from ersilia_pack.runtime.bundle.manifest import MANIFEST, TAG_PATTERN, InstallRecord
 
 logger = logging.getLogger("ersilia_pack")
 DEFAULT_KEEP = 3
@@ -79,7 +79,8 @@ def prune(model_repo: Path, keep: int) -> list[Path]:
     used: set[Path] = set()
     for bundle in _bundles(model_repo):
         try:
-            prefix = json.loads((bundle / MANIFEST).read_text())["environment"]["prefix"]
+            manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
+            prefix = manifest["environment"]["prefix"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if prefix:
@@ -92,18 +93,8 @@ def prune(model_repo: Path, keep: int) -> list[Path]:
     return removed
 
 
-def _enable_warm(staging: Path, warm: dict[str, bool]) -> None:
-    """Record in the manifest which legacy APIs run warm (those whose warm run agreed)."""
-    bundle = load_bundle(staging)
-    manifest = bundle.manifest
-    for api in manifest.apis:
-        api.warm = warm.get(api.name, False)
-    write_manifest(staging, manifest)
-
-
-def _run_check(staging: Path, *, strict: bool) -> list[str]:
-    report = check_examples(staging)
-    _enable_warm(staging, report.warm)
+def _run_check(staging: Path, *, strict: bool, spec: ModelSpec) -> list[str]:
+    report = check_examples(staging)  # records warm and serial APIs in the manifest
     problems = report.failures + report.differences
     if not problems:
         if report.checked:
@@ -113,7 +104,8 @@ def _run_check(staging: Path, *, strict: bool) -> list[str]:
     more = len(problems) - len(shown)
     text = "\n".join(f"  - {line}" for line in shown) + (f"\n  - ... {more} more" if more else "")
     if strict or report.failures:
-        raise RenderError(f"the packed model does not reproduce its examples:\n{text}")
+        hint = "".join(f"\n  likely cause: {pointer.warning()}" for pointer in spec.lfs_pointers)
+        raise RenderError(f"the packed model does not reproduce its examples:\n{text}{hint}")
     logger.warning("the packed model's output differs from its example output:\n%s", text)
     return shown
 
@@ -136,6 +128,8 @@ def pack(
     failed pack leaves earlier bundles untouched and no partial one behind.
     """
     spec = read_model_dir(model_dir, variant=variant)
+    for warning in spec.warnings:
+        logger.warning("warning: %s", warning)
     installer = get_backend(backend)
     installer.check(spec.plan)
     root = repository_root if repository_root is not None else default_eos() / "repository"
@@ -162,9 +156,11 @@ def pack(
         )
         logger.info("rendering the bundle")
         render_bundle(spec, staging, tag=tag, environment=prepared.environment, install=record)
-        warnings = _run_check(staging, strict=strict) if check else []
+        warnings = _run_check(staging, strict=strict, spec=spec) if check else []
+        if not check:
+            check_app(staging)
         shutil.rmtree(staging / "state", ignore_errors=True)
-        (staging / "status.json").write_text(json.dumps({"done": True}) + "\n")
+        (staging / "status.json").write_text(json.dumps({"done": True}) + "\n", encoding="utf-8")
         final = model_repo / tag
         staging.rename(final)
     except BaseException:
