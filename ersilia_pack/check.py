@@ -10,8 +10,12 @@ to it over HTTP, so a bundle whose app cannot import, start or document itself f
 3. Overlapping runs versus a single run: the example input runs in several requests at once,
    split across slots; an API whose overlapping runs fail or disagree is served one run at a
    time (``serial`` in the manifest).
+4. Forked versus separate slots: a load-once API's example first runs in a worker that loads
+   on its own; then in a slot forked from a loaded parent, as it is served by default. An API
+   whose forked run fails, hangs or disagrees is served with a process per slot (``fork:
+   false`` in the manifest), since forking after some load() is not safe (threads it started).
 
-The decisions (``warm``, ``serial``) are written into the bundle's manifest.
+The decisions (``warm``, ``serial``, ``fork``) are written into the bundle's manifest.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class CheckReport:
     failures: list[str] = field(default_factory=list)
     warm: dict[str, bool] = field(default_factory=dict)
     serial: dict[str, str] = field(default_factory=dict)  # API: why it runs one at a time
+    separate: dict[str, str] = field(default_factory=dict)  # API: why its slots are not forked
 
     @property
     def ok(self) -> bool:
@@ -210,11 +215,17 @@ def _time_limit(seconds: float, timeout: float) -> float:
     return min(timeout, float(math.ceil(max(WARM_CHECK_MIN_SECONDS, TIME_FACTOR * seconds))))
 
 
-def _write_decisions(bundle_dir: Path, warm: dict[str, bool], serial: dict[str, str]) -> None:
+def _write_decisions(
+    bundle_dir: Path,
+    warm: dict[str, bool],
+    serial: dict[str, str],
+    separate: dict[str, str] | None = None,
+) -> None:
     manifest = load_bundle(bundle_dir).manifest
     for api in manifest.apis:
         api.warm = warm.get(api.name, False)
         api.serial = api.name in serial
+        api.fork = api.name not in (separate or {})
     write_manifest(bundle_dir, manifest)
 
 
@@ -225,18 +236,20 @@ def _first_difference(single: Rows, other: Rows, inputs: list[str]) -> str | Non
     return None
 
 
-def _warm_agrees(client: TestClient, api: ApiDefinition, cold: Answer, limit: float) -> str | None:
-    """None when the warm run gives exactly what the cold run gave, else why not."""
+def _warm_agrees(
+    client: TestClient, api: ApiDefinition, cold: Answer, limit: float, *, kind: str = "warm"
+) -> str | None:
+    """None when the warm (or forked) run gives exactly what the cold run gave, else why not."""
     warm = post_inputs(client, api, api.example_input)
     if warm.timed_out:
-        return f"its warm run failed (it did not finish within {limit:g} s)"
+        return f"its {kind} run failed (it did not finish within {limit:g} s)"
     if warm.error:
-        return f"its warm run failed ({warm.error})"
+        return f"its {kind} run failed ({warm.error})"
     if warm.failed.keys() != cold.failed.keys():
-        return "its warm run failed on other inputs than the cold run"
+        return f"its {kind} run failed on other inputs than the cold run"
     difference = _first_difference(cold.rows, warm.rows, api.example_input)
     if difference:
-        return f"its warm run differs from the cold run: {difference}"
+        return f"its {kind} run differs from the cold run: {difference}"
     return None
 
 
@@ -280,7 +293,7 @@ def check_examples(bundle_dir: Path, *, timeout: float = 600.0) -> CheckReport:
     apis = load_bundle(bundle_dir).manifest.apis
     cold: dict[str, Answer] = {}
     try:
-        with serving(bundle_dir, cold=True, timeout=timeout) as client:
+        with serving(bundle_dir, cold=True, separate_workers=True, timeout=timeout) as client:
             report.failures.extend(check_documents(client))
             for api in apis:
                 if not api.example_input:
@@ -310,12 +323,34 @@ def check_examples(bundle_dir: Path, *, timeout: float = 600.0) -> CheckReport:
                     else:
                         logger.info("%s runs warm: its warm run matches the cold run", api.name)
         _write_decisions(bundle_dir, report.warm, {})
+        _check_forked(bundle_dir, [api for api in apis if api.name in cold], cold, report, timeout)
+        _write_decisions(bundle_dir, report.warm, {}, report.separate)
         overlapping = [api for api in apis if api.name in cold]
         _check_overlapping(bundle_dir, overlapping, cold, report, timeout=timeout)
-        _write_decisions(bundle_dir, report.warm, report.serial)
+        _write_decisions(bundle_dir, report.warm, report.serial, report.separate)
     finally:
         forget_bundle_app(bundle_dir)
     return report
+
+
+def _check_forked(
+    bundle_dir: Path,
+    apis: list[ApiDefinition],
+    cold: dict[str, Answer],
+    report: CheckReport,
+    timeout: float,
+) -> None:
+    """Load-once APIs whose run in a forked slot fails, hangs or disagrees: ``report.separate``."""
+    forkable = [api for api in apis if api.kind == "py"]
+    if not forkable:
+        return
+    limit = _time_limit(max(cold[api.name].seconds for api in forkable), timeout)
+    with serving(bundle_dir, timeout=limit) as client:
+        for api in forkable:
+            why = _warm_agrees(client, api, cold[api.name], limit, kind="forked")
+            if why:
+                report.separate[api.name] = why
+                logger.warning("%s is served with a process per slot: %s", api.name, why)
 
 
 def _check_overlapping(

@@ -396,3 +396,74 @@ def test_a_script_whose_warm_run_hangs_is_packed_cold_in_bounded_time(
     bundle = pack(source, backend="system", repository_root=tmp_path / "repo").bundle_dir
     assert load_bundle(bundle).apis["run"].warm is False
     assert processes_mentioning(str(bundle)) == []
+
+
+def test_a_model_whose_load_starts_a_thread_is_served_with_a_process_per_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # predict() hands its inputs to a thread load() started: a forked child has no such
+    # thread, so its run hangs; a worker that loaded on its own answers.
+    files = {
+        "model/framework/run.py": (
+            "import queue\nimport threading\n\n\n"
+            "class Threaded:\n"
+            "    def load(self):\n"
+            "        self.jobs = queue.Queue()\n"
+            "        threading.Thread(target=self._serve, daemon=True).start()\n\n"
+            "    def _serve(self):\n"
+            "        while True:\n"
+            "            inputs, answer = self.jobs.get()\n"
+            "            answer.put([{'echo': value.upper()} for value in inputs])\n\n"
+            "    def predict(self, inputs):\n"
+            "        answer = queue.Queue()\n"
+            "        self.jobs.put((inputs, answer))\n"
+            "        return answer.get()\n"
+        ),
+        "model/framework/examples/run_input.csv": "input\na\nb\n",
+        "model/framework/examples/run_output.csv": "echo\nA\nB\n",
+    }
+    monkeypatch.setattr("ersilia_pack.check.WARM_CHECK_MIN_SECONDS", 2.0)
+    source = model_dir(tmp_path, "threaded-load", files)
+    bundle = pack(source, backend="system", repository_root=tmp_path / "repo").bundle_dir
+    assert load_bundle(bundle).apis["run"].fork is False
+    marker = str(bundle / "app" / "worker.py")
+    assert processes_mentioning(marker) == []  # the hung forked check left nothing behind
+    with app_client(bundle, workers=2, timeout=30) as client:
+        wait_ready(client)
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda k: post(client, "run", [f"x{k}", "y"]), range(8)))
+        # a process per slot, each loaded on its own, none forked from another
+        workers = processes_mentioning(marker)
+        assert len(workers) == 2
+        assert all(_is_pool_root(pid, marker) for pid in workers)
+    for k, answer in enumerate(answers):
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == [{"echo": f"X{k}"}, {"echo": "Y"}]
+
+
+def test_a_forked_load_once_api_shares_one_load_across_its_slots(tmp_path: Path) -> None:
+    counter = tmp_path / "loads.txt"
+    files = {
+        "model/framework/run.py": (
+            "import os\n\n\n"
+            "class Counted:\n"
+            "    def load(self):\n"
+            f"        open({str(counter)!r}, 'a').write('load\\n')\n\n"
+            "    def predict(self, inputs):\n"
+            "        return [{'echo': value, 'pid': os.getpid()} for value in inputs]\n"
+        ),
+        "model/framework/columns/run_columns.csv": "name,type\necho,string\npid,integer\n",
+    }
+    source = model_dir(tmp_path, "counted-load", files)
+    bundle = pack(source, backend="system", repository_root=tmp_path / "repo", check=False)
+    with app_client(bundle.bundle_dir, workers=3, batch_size=1) as client:
+        wait_ready(client)
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda k: post(client, "run", [f"v{k}"]), range(30)))
+        marker = str(bundle.bundle_dir / "app" / "worker.py")
+        (parent,) = [pid for pid in processes_mentioning(marker) if _is_pool_root(pid, marker)]
+        slots = {pid for pid in processes_mentioning(marker) if _stat(pid)[0] == parent}
+    assert [answer.status_code for answer in answers] == [200] * 30
+    assert [answer.json()[0]["echo"] for answer in answers] == [f"v{k}" for k in range(30)]
+    assert {answer.json()[0]["pid"] for answer in answers} <= slots and len(slots) == 3
+    assert counter.read_text() == "load\n"  # three slots, one load
