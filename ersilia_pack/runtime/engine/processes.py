@@ -1,5 +1,13 @@
 """Model processes seen from the server: start, drain, talk in frames, kill, replace.
 
+Two pools of them. ForkedPool (the default): one model-side parent per API that loads once and
+forks its slots, so the slots share the pages the load made; the server talks to the parent
+alone, over one pair of pipes, with several calls in flight told apart by an id, and the
+parent relays each call to a child of its own (simplest: the children need no channel to the
+server, and the server has one reader per API). ProcessPool (``--separate-workers``, or an API
+the pack found unsafe to fork): a process per slot, each loading on its own, one call at a
+time each.
+
 Every pipe from a model process is drained as it fills, in chunks, never read as one
 unbounded line, and only a bounded tail of it is kept; every wait has a bound; a process that
 stops answering is killed with everything it started.
@@ -202,7 +210,7 @@ class ModelProcess:
 
 
 class ProcessPool:
-    """Processes that load once and then answer one frame at a time each.
+    """Processes that load once and then answer one frame at a time each (separate workers).
 
     Processes start in the background; a call waits for an idle one. A process that dies is
     replaced; one that runs out of time is killed (with everything it started) and replaced.
