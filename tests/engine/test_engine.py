@@ -467,3 +467,41 @@ def test_a_forked_load_once_api_shares_one_load_across_its_slots(tmp_path: Path)
     assert [answer.json()[0]["echo"] for answer in answers] == [f"v{k}" for k in range(30)]
     assert {answer.json()[0]["pid"] for answer in answers} <= slots and len(slots) == 3
     assert counter.read_text() == "load\n"  # three slots, one load
+
+
+def test_a_forked_slot_that_runs_out_of_time_is_replaced_without_a_reload(tmp_path: Path) -> None:
+    counter = tmp_path / "loads.txt"
+    files = {
+        "model/framework/run.py": (
+            "import subprocess\n\n\n"
+            "class Hangs:\n"
+            "    def load(self):\n"
+            f"        open({str(counter)!r}, 'a').write('load\\n')\n\n"
+            "    def predict(self, inputs):\n"
+            "        if 'HANG' in inputs:\n"
+            "            subprocess.run(['sleep', '1000.5'])\n"
+            "        return [{'echo': value} for value in inputs]\n"
+        ),
+        "model/framework/columns/run_columns.csv": "name,type\necho,string\n",
+    }
+    source = model_dir(tmp_path, "hangs-forked", files)
+    bundle = pack(source, backend="system", repository_root=tmp_path / "repo", check=False)
+    marker = str(bundle.bundle_dir / "app" / "worker.py")
+    with app_client(bundle.bundle_dir, workers=2, timeout=2) as client:
+        wait_ready(client)
+        (parent,) = [pid for pid in processes_mentioning(marker) if _is_pool_root(pid, marker)]
+        hung = post(client, "run", ["HANG"])
+        assert hung.status_code == 504, hung.text
+        assert "did not finish within" in hung.json()["detail"]
+        assert post(client, "run", ["a", "b"]).json() == [{"echo": "a"}, {"echo": "b"}]
+        # the slot and the sleep it started are gone; the parent stayed and did not load again
+        assert wait_until_gone("sleep 1000.5") == []
+        assert [pid for pid in processes_mentioning(marker) if _is_pool_root(pid, marker)] == [
+            parent
+        ]
+        deadline = time.monotonic() + 10
+        while len([p for p in processes_mentioning(marker) if _stat(p)[0] == parent]) != 2:
+            assert time.monotonic() < deadline, "the parent did not fork a replacement"
+            time.sleep(0.05)
+    assert counter.read_text() == "load\n"
+    assert wait_until_gone(marker) == []
