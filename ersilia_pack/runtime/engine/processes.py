@@ -381,7 +381,8 @@ class ForkedPool:
 
     A call that runs out of time sends ``{"cancel": id}``: the parent kills that child's
     process group (and, for a load-once parent, forks a replacement from the loaded model)
-    and says ``{"cancelled": id}``; a parent that does not say so within a few seconds has
+    and says ``{"cancelled": id}`` (a child that dies says ``{"died": true}``; both count in
+    ``replaced``); a parent that does not say so within a few seconds has
     stopped answering and is treated as dead. When the parent dies, its group and the groups
     of the children it announced (``{"pids": [...]}``) are killed, every call in flight fails
     with ProcessDied (the engine retries a batch once), and a new parent is started; a load
@@ -500,6 +501,8 @@ class ForkedPool:
                 return
             if "pids" in frame:
                 self._children = {int(pid) for pid in frame["pids"]}
+            if frame.get("died") or frame.get("replaced"):
+                self.replaced += 1  # a child died or was killed, and the parent forked anew
             if "cancelled" in frame:
                 ack = self._acks.pop(frame["cancelled"], None)
                 if ack is not None and not ack.done():
@@ -619,7 +622,6 @@ class ForkedPool:
         finally:
             self._slots.release()
         if reply.get("died"):
-            self.replaced += 1
             code = reply.get("code")
             raise ProcessDied(
                 f"a {self.name} process exited with code {code} during the run",
