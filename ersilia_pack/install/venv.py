@@ -84,15 +84,22 @@ class VenvBackend(Backend):
     def _create(self, prefix: Path, command: list[str]) -> None:
         logger.info("creating a virtual environment at %s", prefix)
         env = {**_plain_env(), **self.installer.variables()}
-        result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-        if result.returncode != 0:
+        attempts = [command]
+        if "--seed" in command:
+            # seed packages from uv's cache when it has them (no network); else from the index
+            attempts.insert(0, [*command[:-1], "--offline", command[-1]])
+        for number, attempt in enumerate(attempts, start=1):
+            result = subprocess.run(attempt, capture_output=True, text=True, env=env, check=False)
+            if result.returncode == 0:
+                return
             shutil.rmtree(prefix, ignore_errors=True)
-            raise InstallError(
-                "create environment",
-                " ".join(command),
-                result.returncode,
-                result.stdout + result.stderr,
-            )
+            if number == len(attempts):
+                raise InstallError(
+                    "create environment",
+                    " ".join(attempt),
+                    result.returncode,
+                    result.stdout + result.stderr,
+                )
 
     def _upgrade_pip(self, prefix: Path, request: EnvRequest) -> None:
         """pip resolves as of a date from pip 26 on: bring the new environment's pip there."""
@@ -105,8 +112,12 @@ class VenvBackend(Backend):
             ".".join(map(str, version)) if version else "(none)",
             request.cutoff.iso,
         )
-        command = [python, "-m", "pip", "install", "--quiet", "--upgrade", "pip>=26"]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if self.installer.uv is not None:
+            command = [self.installer.uv, "pip", "install", "--python", python, "pip>=26"]
+        else:
+            command = [python, "-m", "pip", "install", "--quiet", "--upgrade", "pip>=26"]
+        env = {**_plain_env(), **self.installer.variables()}
+        result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         if result.returncode != 0:
             shutil.rmtree(prefix, ignore_errors=True)
             raise InstallError(
@@ -121,7 +132,7 @@ class VenvBackend(Backend):
         prefix = self.location(request)
         prefix.parent.mkdir(parents=True, exist_ok=True)
         self._create(prefix, self.create_command(prefix, seed=self.needs_pip(request.plan)))
-        if self.installer.uv is None and request.cutoff.iso and self.needs_pip(request.plan):
+        if request.cutoff.iso and self.needs_pip(request.plan):
             self._upgrade_pip(prefix, request)
         return PreparedEnv(self._environment(prefix))
 
