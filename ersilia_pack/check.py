@@ -12,8 +12,7 @@ from typing import Any
 
 from ersilia_pack.runtime.bundle.columns import convert_value, type_rows
 from ersilia_pack.runtime.bundle.manifest import ApiDefinition, Bundle, load_bundle
-from ersilia_pack.runtime.engine.batcher import ApiEngine
-from ersilia_pack.runtime.engine.runners import RunError, WarmScriptRunner
+from ersilia_pack.runtime.engine.runners import RunError, ScriptRunner
 from ersilia_pack.runtime.engine.service import ModelService, PredictionError
 from ersilia_pack.runtime.settings import ServeSettings
 
@@ -64,19 +63,16 @@ async def warm_agrees(
     bundle: Bundle, api: ApiDefinition, cold_rows: list[list[Any] | None], timeout: float
 ) -> bool:
     """Run the example input warm; True only when it gives exactly what the cold run gave."""
-    engine = ApiEngine(
-        WarmScriptRunner(bundle, api, concurrency=1, timeout=timeout),
-        batch_size=len(api.example_input),
-    )
-    await engine.start()
+    runner = ScriptRunner(bundle, api, concurrency=1, warm=True, load_timeout=timeout)
+    await runner.start()
     try:
-        outcomes = await engine.predict(api.example_input)
+        result = await runner.run(api.example_input, timeout=timeout)
     except RunError as error:
         logger.info("%s runs cold: its warm run failed (%s)", api.name, error.detail)
         return False
     finally:
-        await engine.stop()
-    warm_rows = type_rows([outcome.row for outcome in outcomes], api.columns)
+        await runner.stop()
+    warm_rows = type_rows(result.rows, api.columns)
     if not same_rows(cold_rows, warm_rows):
         logger.info("%s runs cold: its warm run differs from the cold run", api.name)
         return False

@@ -240,7 +240,7 @@ def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
             "--workers",
             type=click.IntRange(1),
             default=None,
-            help="workers per API (default: the number of cores)",
+            help="processes per API (default: the available CPUs, shared among the APIs)",
         ),
         click.option(
             "--timeout",

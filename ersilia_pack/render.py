@@ -22,7 +22,10 @@ from ersilia_pack.model_dir import ModelSpec
 from ersilia_pack.runtime.bundle.columns import convert_value
 from ersilia_pack.runtime.bundle.environment import Environment
 from ersilia_pack.runtime.bundle.manifest import MANIFEST, ApiDefinition, InstallRecord, Manifest
+from ersilia_pack.runtime.engine import framing
 from ersilia_pack.runtime.http.io import shape
+
+FRAMING_MODULE = "ersilia_framing.py"
 
 _RESERVED = {
     "model_config",
@@ -236,6 +239,8 @@ def render_bundle(
     (app_dir / "schemas.py").write_text(render_template("app/schemas.py.j2", context))
     (app_dir / "worker.py").write_text(render_template("app/worker.py.j2", context))
     (app_dir / "warm.py").write_text(render_template("app/warm.py.j2", context))
+    # The frames both model processes speak, from the module the server reads them with.
+    shutil.copyfile(framing.__file__, app_dir / FRAMING_MODULE)
     examples_dir = app_dir / "examples"
     examples_dir.mkdir(exist_ok=True)
     for api, api_context in zip(spec.apis, context.apis):

@@ -12,7 +12,9 @@ ENV_PREFIX = "ERSILIA_PACK_"
 class ServeSettings(BaseModel):
     """How a bundle is served. Every field can be set as ``ERSILIA_PACK_<FIELD>``."""
 
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    workers: int = Field(
+        default=0, ge=0, description="processes per API; 0 shares the available CPUs"
+    )
     timeout: float = Field(default=600.0, gt=0, description="seconds one model run may take")
     batch_size: int = Field(default=0, ge=0, description="inputs per run; 0 picks per API kind")
     batch_wait_ms: float = Field(default=0.0, ge=0, description="extra wait to merge requests")

@@ -97,8 +97,8 @@ def test_warm_runs_give_what_cold_runs_give_on_real_molecules(tmp_path: Path) ->
     with app_client(bundle) as warm, app_client(bundle, cold=True) as cold:
         warm_rows = post(warm, "run", smiles).json()
         cold_rows = post(cold, "run", smiles).json()
-        assert type(warm.app.state.service.engines["run"].runner).__name__ == "WarmScriptRunner"
-        assert type(cold.app.state.service.engines["run"].runner).__name__ == "ScriptRunner"
+        assert warm.app.state.service.engines["run"].runner.warm
+        assert not cold.app.state.service.engines["run"].runner.warm
     assert warm_rows == cold_rows
     for (_, weight), row in zip(molecules, warm_rows):
         assert row["mol_weight"] == pytest.approx(weight, rel=1e-6)
@@ -240,7 +240,7 @@ def test_a_process_killed_mid_request_is_replaced(tmp_path: Path, api_kind: str)
         assert post(client, "run", ["ok"]).status_code == 200
         survivors = [pid for pid in processes_mentioning(marker) if _is_pool_root(pid, marker)]
         assert victim not in survivors and len(survivors) == 1
-        assert client.app.state.service.engines["run"].runner.pool.replaced >= 1
+        assert client.app.state.service.engines["run"].runner.restarts >= 1
 
 
 def _is_pool_root(pid: int, marker: str) -> bool:

@@ -138,12 +138,12 @@ def wait_for(check: Callable[[], T | None], *, within: float, what: str) -> T:
 
 
 def wait_runs_ended(bundle: Path) -> None:
-    """Wait until no script run of the bundle is in flight (each keeps a folder in state/tmp).
+    """Wait until no script run of the bundle is in flight (each keeps a folder in state/runs).
 
     A run still in flight when a test's app stops is cancelled mid-way; waiting keeps tests
     about what they test.
     """
-    runs = bundle / "state" / "tmp"
+    runs = bundle / "state" / "runs"
     wait_for(lambda: not any(runs.iterdir()) or None, within=60, what="model runs to end")
 
 

@@ -59,14 +59,14 @@ def pack_repository(model_dir: Path, eos: Path, *args: str) -> Path:
     return repository
 
 
-MARKER = "ERSILIA_PACK_TEST_SERVER"
+MARKER = "EP_TEST_SERVER_MARKER"
 
 
 @dataclass
 class Server:
     """A running ``ersilia_serve``: its URL, its process, and every line it printed.
 
-    ``marker`` is the value of ``ERSILIA_PACK_TEST_SERVER`` in its environment, which every
+    ``marker`` is the value of ``EP_TEST_SERVER_MARKER`` in its environment, which every
     process it starts inherits: :func:`processes_of` finds them even once they are orphans.
     """
 

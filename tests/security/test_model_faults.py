@@ -75,8 +75,13 @@ def assert_nothing_left(server: Server, bundle: Path) -> None:
     """No run folder, no process but the live workers, no zombie child of the server."""
     deadline = time.monotonic() + 10
     while True:
-        tmp = bundle / "state" / "tmp"
-        leftovers = sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
+        tmp = bundle / "state" / "runs"
+        # the workspaces of live load-once workers stay while they live
+        leftovers = (
+            sorted(p.name for p in tmp.iterdir() if "-worker." not in p.name)
+            if tmp.is_dir()
+            else []
+        )
         workers = worker_pids(server)
         others = {
             pid: cmdline
@@ -221,5 +226,7 @@ def test_stopping_the_server_mid_run_leaves_no_process_behind(faults_repository:
     while processes_of(running) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert processes_of(running) == {}
-    tmp = bundle / "state" / "tmp"
-    assert not tmp.is_dir() or list(tmp.iterdir()) == []
+    # run folders carry their server's pid: none of this server's is left (the module's
+    # other server is still running, with its workers' folders)
+    tmp = bundle / "state" / "runs"
+    assert [p.name for p in tmp.iterdir() if f".{running.pid}." in p.name] == []

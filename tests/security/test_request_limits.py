@@ -200,6 +200,8 @@ def test_model_processes_do_not_inherit_the_key(server: Server) -> None:
     for pid in workers:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert not [item for item in environ if item.startswith(b"ERSILIA_PACK_API_KEY=")]
+        # none of the server's settings: a store URL would carry its password
+        assert not [item for item in environ if item.startswith(b"ERSILIA_PACK_")]
         assert not [item for item in environ if KEY.encode() in item]
     assert f"ERSILIA_PACK_API_KEY={KEY}".encode() in Path(
         f"/proc/{server.pid}/environ"

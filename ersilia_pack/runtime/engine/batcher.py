@@ -9,7 +9,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from ersilia_pack.runtime.engine.runners import BatchResult, RunError, RunFailed, Runner, RunTimeout
+from ersilia_pack.runtime.engine.processes import ProcessDied
+from ersilia_pack.runtime.engine.runners import BatchResult, RunError, Runner, RunTimeout
 
 logger = logging.getLogger("ersilia_pack.runtime")
 
@@ -21,10 +22,20 @@ class Outcome:
     row: list[Any] | None
     error: str | None = None
     stderr_tail: str = ""
+    timed_out: bool = False
 
 
 class ModelBroken(RunError):
     """The model fails even on its own example input: a model failure, not a bad input."""
+
+    def __init__(self, detail: str, stderr_tail: str = "", *, timed_out: bool = False) -> None:
+        super().__init__(detail, stderr_tail)
+        self.timed_out = timed_out
+
+
+# With a single slot, background work (jobs) goes in runs this small, so an interactive
+# request never waits behind more than one of them.
+SINGLE_SLOT_BACKGROUND_BATCH = 32
 
 
 class ApiEngine:
@@ -41,10 +52,12 @@ class ApiEngine:
         runner: Runner,
         *,
         batch_size: int,
+        timeout: float = 600.0,
         batch_wait: float = 0.0,
         probe_input: str | None = None,
     ) -> None:
         self.runner = runner
+        self.timeout = timeout
         self.batch_size = max(1, batch_size)
         self.batch_wait = batch_wait
         self.probe_input = probe_input
@@ -57,10 +70,16 @@ class ApiEngine:
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self.runs = 0
+        self.run_seconds = 0.0
 
     @property
     def ready(self) -> bool:
         return self._dispatcher is not None and self.runner.ready
+
+    @property
+    def waiting(self) -> int:
+        """Inputs waiting for a run, interactive and background."""
+        return len(self._pending) + len(self._background)
 
     async def start(self) -> None:
         await self.runner.start()
@@ -129,7 +148,10 @@ class ApiEngine:
             # Share what is waiting across the free slots rather than filling one run first;
             # with one slot free, everything waiting goes into this run.
             free = max(1, self.runner.concurrency - len(self._running))
-            size = min(self.batch_size, -(-len(queue) // free))
+            limit = self.batch_size
+            if queue is self._background and self.runner.concurrency == 1:
+                limit = min(limit, SINGLE_SLOT_BACKGROUND_BATCH)
+            size = min(limit, -(-len(queue) // free))
             batch: OrderedDict[str, list[asyncio.Future[Outcome]]] = OrderedDict()
             while queue and len(batch) < size:
                 value, waiting = queue.popitem(last=False)
@@ -166,42 +188,96 @@ class ApiEngine:
                 self._wakeup.set()
             self._slots.release()
 
-    async def _run_once(self, inputs: list[str]) -> BatchResult:
+    async def _run_once(self, inputs: list[str], timeout: float) -> BatchResult:
         self.runs += 1
-        return await self.runner.run(inputs)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            return await self.runner.run(inputs, timeout=timeout)
+        finally:
+            self.run_seconds += loop.time() - began
 
     async def _run_splitting(self, inputs: list[str]) -> list[Outcome]:
-        try:
-            result = await self._run_once(inputs)
-        except RunTimeout:
-            raise
-        except RunFailed as error:
-            await self._check_model_works(error)
-            return await self._bisect(inputs, error)
-        return [Outcome(row, result.errors.get(i)) for i, row in enumerate(result.rows)]
+        """The one failure policy: a failed or timed-out batch is first compared with a run on
+        the model's own example input (both failing: the model is broken, not the inputs),
+        then split in halves until the inputs that fail are found.
 
-    async def _check_model_works(self, error: RunFailed) -> None:
-        """Tell a bad input from a broken model by running the model's own example input."""
+        The first run may take the whole timeout; finding the failing inputs shares one more
+        timeout in all, each split run getting its share by size (at least a few times the
+        probe's time), so one hanging input costs one null row, not a 504 for every request
+        merged with it.
+        """
+        try:
+            try:
+                result = await self._run_once(inputs, self.timeout)
+            except ProcessDied as died:
+                # A process killed from outside is no verdict on the inputs: once more, on
+                # its replacement.
+                logger.warning("%s; running its batch once more", died.detail)
+                result = await self._run_once(inputs, self.timeout)
+        except RunError as error:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.timeout
+            floor = await self._check_model_works(error, deadline)
+            return await self._bisect(inputs, error, _Budget(deadline, len(inputs), floor))
+        return _outcomes(result)
+
+    async def _check_model_works(self, error: RunError, deadline: float) -> float:
+        """Run the example input; ModelBroken when it fails too. The probe's duration, as the
+        least time a split run gets."""
+        loop = asyncio.get_running_loop()
         if self.probe_input is None:
-            return
+            return self.timeout / 10
+        began = loop.time()
         try:
-            await self._run_once([self.probe_input])
-        except RunFailed as probe_error:
-            raise ModelBroken(error.detail, error.stderr_tail or probe_error.stderr_tail) from error
+            await self._run_once([self.probe_input], max(0.001, deadline - began))
+        except RunError as probe_error:
+            raise ModelBroken(
+                error.detail,
+                error.stderr_tail or probe_error.stderr_tail,
+                timed_out=_timed_out(probe_error),
+            ) from error
+        return max(1.0, 3 * (loop.time() - began))
 
-    async def _bisect(self, inputs: list[str], error: RunFailed) -> list[Outcome]:
+    async def _bisect(self, inputs: list[str], error: RunError, budget: _Budget) -> list[Outcome]:
         if len(inputs) == 1:
             logger.info("input %r failed: %s", inputs[0][:80], error.detail)
-            return [Outcome(None, error.detail, error.stderr_tail)]
+            return [Outcome(None, error.detail, error.stderr_tail, timed_out=_timed_out(error))]
         middle = len(inputs) // 2
         outcomes: list[Outcome] = []
         for half in (inputs[:middle], inputs[middle:]):
+            allowance = budget.allowance(len(half))
+            if allowance is None:
+                detail = "no time was left to find the inputs that failed"
+                outcomes.extend(Outcome(None, detail, timed_out=True) for _ in half)
+                continue
             try:
-                result = await self._run_once(half)
-            except RunFailed as half_error:
-                outcomes.extend(await self._bisect(half, half_error))
+                result = await self._run_once(half, allowance)
+            except RunError as half_error:
+                outcomes.extend(await self._bisect(half, half_error, budget))
             else:
-                outcomes.extend(
-                    Outcome(row, result.errors.get(i)) for i, row in enumerate(result.rows)
-                )
+                outcomes.extend(_outcomes(result))
         return outcomes
+
+
+@dataclass
+class _Budget:
+    """The time left to find the failing inputs of one batch, shared by its split runs."""
+
+    deadline: float
+    size: int
+    floor: float
+
+    def allowance(self, size: int) -> float | None:
+        left = self.deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return None
+        return min(left, max(left * size / self.size, self.floor))
+
+
+def _timed_out(error: RunError) -> bool:
+    return isinstance(error, RunTimeout) or getattr(error, "timed_out", False)
+
+
+def _outcomes(result: BatchResult) -> list[Outcome]:
+    return [Outcome(row, result.errors.get(i)) for i, row in enumerate(result.rows)]

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ersilia_pack.runtime.bundle.columns import type_rows
+from ersilia_pack.runtime.bundle.columns import is_null, type_rows
 from ersilia_pack.runtime.bundle.manifest import ApiDefinition, Bundle
-from ersilia_pack.runtime.engine.batcher import ApiEngine
+from ersilia_pack.runtime.engine import workspace
+from ersilia_pack.runtime.engine.batcher import ApiEngine, ModelBroken
 from ersilia_pack.runtime.engine.runners import (
     LoadOnceRunner,
     RunError,
     Runner,
     RunTimeout,
     ScriptRunner,
-    WarmScriptRunner,
 )
 from ersilia_pack.runtime.settings import ServeSettings
 from ersilia_pack.runtime.state.cache import ResultCache
@@ -63,14 +65,38 @@ class Prediction:
     cached: int = 0  # rows answered from the result cache
 
 
-def make_runner(bundle: Bundle, api: ApiDefinition, settings: ServeSettings) -> Runner:
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (containers)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def slots_per_api(settings: ServeSettings, api_count: int) -> int:
+    """Processes per API: ``--workers`` when given, else the available CPUs shared among the
+    APIs, and at least two where there are CPUs for it, so a job never holds the only slot."""
+    if settings.workers:
+        return settings.workers
+    return max(1, min(available_cpus(), max(2, available_cpus() // max(1, api_count))))
+
+
+def make_runner(
+    bundle: Bundle, api: ApiDefinition, settings: ServeSettings, *, slots: int
+) -> Runner:
     """The runner an API gets: load-once workers for ``.py``; for ``.sh``, warm runs where the
     pack-time check found them equal to cold runs, else a fresh process per run."""
     if api.kind == "py":
-        return LoadOnceRunner(bundle, api, size=settings.workers, timeout=settings.timeout)
-    if api.warm and api.warm_script and not settings.cold:
-        return WarmScriptRunner(bundle, api, concurrency=settings.workers, timeout=settings.timeout)
-    return ScriptRunner(bundle, api, concurrency=settings.workers, timeout=settings.timeout)
+        return LoadOnceRunner(bundle, api, size=slots, load_timeout=settings.timeout)
+    warm = bool(api.warm and api.warm_script and not settings.cold)
+    return ScriptRunner(bundle, api, concurrency=slots, warm=warm, load_timeout=settings.timeout)
 
 
 class ModelService:
@@ -83,11 +109,13 @@ class ModelService:
         self.settings = settings
         self.cache = cache
         self.engines: dict[str, ApiEngine] = {}
+        slots = slots_per_api(settings, len(bundle.manifest.apis))
         for api in bundle.manifest.apis:
             size = settings.batch_size or DEFAULT_BATCH[api.kind]
             self.engines[api.name] = ApiEngine(
-                make_runner(bundle, api, settings),
+                make_runner(bundle, api, settings, slots=slots),
                 batch_size=size,
+                timeout=settings.timeout,
                 batch_wait=settings.batch_wait_ms / 1000,
                 probe_input=api.example_input[0] if api.example_input else None,
             )
@@ -97,6 +125,9 @@ class ModelService:
         return all(engine.ready for engine in self.engines.values())
 
     async def start(self) -> None:
+        swept = workspace.sweep(self.bundle.state_dir / "runs")
+        if swept:
+            logger.info("removed %d run folders that stopped servers left behind", swept)
         for engine in self.engines.values():
             await engine.start()
 
@@ -126,24 +157,23 @@ class ModelService:
         try:
             engine = self.engines[api_name]
             outcomes = await engine.predict(todo, background=background) if todo else []
-        except RunTimeout as error:
+        except (RunTimeout, ModelBroken) as error:
+            if isinstance(error, ModelBroken) and not error.timed_out:
+                raise _failure(api_name, error) from error
             logger.error("%s timed out [request id %s]: %s", api_name, REQUEST_ID.get(), error)
             raise PredictionError(504, public_reason(error.detail)) from error
         except RunError as error:
-            logger.error(
-                "%s failed [request id %s]: %s\n%s",
-                api_name,
-                REQUEST_ID.get(),
-                error.detail,
-                error.stderr_tail,
-            )
-            raise PredictionError(502, public_reason(error.detail, error.stderr_tail)) from error
+            raise _failure(api_name, error) from error
         errors = {
             i: public_reason(outcome.error, outcome.stderr_tail) if outcome.error else NO_VALUES
             for i, outcome in enumerate(outcomes)
             if outcome.error or outcome.row is None
         }
         failed = [i for i, outcome in enumerate(outcomes) if outcome.error]
+        if failed and all(outcome.timed_out for outcome in outcomes):
+            first = next(iter(errors.values()))
+            logger.error("%s timed out [request id %s]: %s", api_name, REQUEST_ID.get(), first)
+            raise PredictionError(504, first)
         if failed and len(failed) == len(outcomes) and not api.example_input:
             # With no example input to tell a broken model from bad inputs, all failing is
             # a model failure.
@@ -152,7 +182,10 @@ class ModelService:
                 "%s failed on every input [request id %s]: %s", api_name, REQUEST_ID.get(), first
             )
             raise PredictionError(502, f"{api_name} failed on every input: {first}")
-        rows = type_rows([outcome.row for outcome in outcomes], api.columns)
+        raw_rows = [outcome.row for outcome in outcomes]
+        rows = type_rows(raw_rows, api.columns)
+        for i, problem in misfits(raw_rows, rows, api).items():
+            errors.setdefault(i, problem)
         if cache and save_cache:
             pairs = enumerate(zip(todo, rows))
             fresh = {v: r for i, (v, r) in pairs if r is not None and i not in errors}
@@ -160,6 +193,37 @@ class ModelService:
         if len(todo) == len(inputs):
             return Prediction(rows=rows, errors=errors)
         return _in_input_order(inputs, hits, todo, Prediction(rows=rows, errors=errors))
+
+
+def misfits(
+    raw_rows: list[list[Any] | None], rows: list[list[Any] | None], api: ApiDefinition
+) -> dict[int, str]:
+    """Rows with a value that does not fit its column's type (``1.5`` in an integer column):
+    the value is null in the answer, and the row is counted as failed with the reason."""
+    problems: dict[int, str] = {}
+    for i, (raw, typed) in enumerate(zip(raw_rows, rows)):
+        if raw is None or typed is None:
+            continue
+        for column, before, after in zip(api.columns, raw, typed):
+            if after is None and not is_null(before):
+                shown = str(before)[:40]
+                problems[i] = f"column {column.name!r}: {shown!r} is not {_A[column.type]}"
+                break
+    return problems
+
+
+_A = {"float": "a number", "integer": "an integer", "string": "a string", "other": "a value"}
+
+
+def _failure(api_name: str, error: RunError) -> PredictionError:
+    logger.error(
+        "%s failed [request id %s]: %s\n%s",
+        api_name,
+        REQUEST_ID.get(),
+        error.detail,
+        error.stderr_tail,
+    )
+    return PredictionError(502, public_reason(error.detail, error.stderr_tail))
 
 
 def _in_input_order(

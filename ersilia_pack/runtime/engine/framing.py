@@ -1,0 +1,74 @@
+"""The framing between the server and its model processes, written once for both sides.
+
+A frame is a 4-byte big-endian length followed by a JSON object. The model-side processes
+(the load-once worker and the warm runner) run on the model environment's interpreter, which
+does not have ersilia_pack installed: a copy of this module is rendered into each bundle's
+``app/`` folder beside them, so it imports nothing but the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import IO, Any
+
+HEADER = struct.Struct(">I")
+# A frame larger than this is a broken peer, not a big batch (a batch of 100,000 rows of
+# 2,000 numbers is about 2 GB of JSON; requests that big are split into runs well before).
+MAX_FRAME = 1 << 31
+
+
+class FrameError(Exception):
+    """The peer sent something that is not a frame."""
+
+
+def _jsonable(value: Any) -> Any:
+    """What json cannot write itself: numpy scalars and arrays, and anything else as text."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    """One frame holding ``payload``."""
+    data = json.dumps(payload, default=_jsonable).encode()
+    return HEADER.pack(len(data)) + data
+
+
+def decode_size(header: bytes) -> int:
+    """The length a frame header announces; FrameError when it cannot be a frame."""
+    (size,) = HEADER.unpack(header)
+    if size > MAX_FRAME:
+        raise FrameError(f"a frame of {size} bytes announced: the peer is not speaking frames")
+    return int(size)
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """The object a frame body holds; FrameError when it is not a JSON object."""
+    try:
+        payload = json.loads(body)
+    except ValueError as error:
+        raise FrameError(f"a frame that is not JSON: {error}") from error
+    if not isinstance(payload, dict):
+        raise FrameError("a frame that is not a JSON object")
+    return payload
+
+
+def read_frame(stream: IO[bytes]) -> dict[str, Any] | None:
+    """The next frame from a blocking binary stream; None at its end."""
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None
+    size = decode_size(header)
+    body = stream.read(size)
+    if len(body) < size:
+        return None
+    return decode_body(body)
+
+
+def write_frame(stream: IO[bytes], payload: dict[str, Any]) -> None:
+    """Write one frame to a blocking binary stream and flush it."""
+    stream.write(encode(payload))
+    stream.flush()

@@ -1,0 +1,361 @@
+"""Model processes seen from the server: start, drain, talk in frames, kill, replace.
+
+Every pipe from a model process is drained as it fills, in chunks, never read as one
+unbounded line, and only a bounded tail of it is kept; every wait has a bound; a process that
+stops answering is killed with everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ersilia_pack.runtime.engine import framing
+
+logger = logging.getLogger("ersilia_pack.runtime")
+
+TAIL_LINES = 20
+LOGGED_LINE_CHARS = 2000  # a line longer than this is cut in the log
+_CHUNK = 65536
+_GRACE = 5.0  # seconds a killed process gets to be reaped and close its pipes
+
+
+class RunError(Exception):
+    """A run of the model failed; ``detail`` is safe to show to a caller."""
+
+    def __init__(self, detail: str, stderr_tail: str = "") -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.stderr_tail = stderr_tail
+
+
+class RunFailed(RunError):
+    """The model ran but failed: non-zero exit, a crash, or output of the wrong shape."""
+
+
+class RunTimeout(RunError):
+    """The model did not answer in time; its process was killed."""
+
+
+class ProcessDied(RunFailed):
+    """A long-lived model process died during a run (killed, out of memory, a crash)."""
+
+
+class OutputTail:
+    """The last lines a process wrote, fed chunk by chunk.
+
+    Lines end at ``\\n``; a ``\\r`` starts the current line again, as a terminal does, so a
+    progress bar that redraws itself costs one line, not thousands. Complete lines can be
+    passed on to a log as they arrive.
+    """
+
+    def __init__(self, name: str = "", *, log_level: int | None = None) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.name = name
+        self.log_level = log_level
+        self.total_bytes = 0
+        self._partial = ""
+
+    def feed(self, data: bytes) -> None:
+        self.total_bytes += len(data)
+        text = self._partial + data.decode("utf-8", errors="replace")
+        *complete, self._partial = text.split("\n")
+        for line in complete:
+            self._add(line)
+        self._partial = self._partial.rsplit("\r", 1)[-1][-_CHUNK:]
+
+    def close(self) -> None:
+        if self._partial.strip():
+            self._add(self._partial)
+        self._partial = ""
+
+    def _add(self, line: str) -> None:
+        line = line.rsplit("\r", 1)[-1].rstrip()
+        if not line:
+            return
+        self.lines.append(line[:LOGGED_LINE_CHARS])
+        if self.log_level is not None:
+            logger.log(self.log_level, "[%s] %s", self.name, line[:LOGGED_LINE_CHARS])
+
+    def text(self) -> str:
+        parts = list(self.lines)
+        if self._partial.strip():
+            parts.append(self._partial.rstrip()[:LOGGED_LINE_CHARS])
+        return "\n".join(parts)
+
+
+async def drain(stream: asyncio.StreamReader | None, tail: OutputTail) -> None:
+    """Read a pipe to its end in chunks, keeping only its tail."""
+    if stream is None:
+        return
+    with contextlib.suppress(ConnectionError):
+        while chunk := await stream.read(_CHUNK):
+            tail.feed(chunk)
+    tail.close()
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL a process group; nothing a model process started outlives it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+async def reap(process: asyncio.subprocess.Process) -> None:
+    """Kill a process's group and wait, boundedly, until it is gone."""
+    kill_group(process.pid)
+    with contextlib.suppress(asyncio.TimeoutError, ProcessLookupError):
+        await asyncio.wait_for(process.wait(), _GRACE)
+
+
+class ModelProcess:
+    """One long-lived process on the model environment's interpreter, speaking frames.
+
+    stdout carries frames; stderr is drained into a tail and the log as it arrives.
+    """
+
+    def __init__(self, process: asyncio.subprocess.Process, name: str) -> None:
+        self.process = process
+        self.name = name
+        self.stderr = OutputTail(f"{name} {process.pid}", log_level=logging.INFO)
+        self._drain = asyncio.create_task(drain(process.stderr, self.stderr))
+
+    @classmethod
+    async def spawn(
+        cls, name: str, command: list[str], *, env: dict[str, str], cwd: Path
+    ) -> ModelProcess:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            limit=_CHUNK,
+        )
+        return cls(process, name)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    async def _gone(self, error: BaseException) -> ProcessDied:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.process.wait(), _GRACE)
+        # the last lines of stderr explain the exit: let them arrive, boundedly
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._drain), 1.0)
+        code = self.process.returncode
+        how = f"exited with code {code}" if code is not None else f"broke its pipe ({error})"
+        return ProcessDied(f"the {self.name} process {how}", self.stderr.text())
+
+    async def receive(self) -> dict[str, Any]:
+        """The next frame; RunFailed when the process ends or speaks garbage."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        try:
+            size = framing.decode_size(await stdout.readexactly(framing.HEADER.size))
+            return framing.decode_body(await stdout.readexactly(size))
+        except (asyncio.IncompleteReadError, ConnectionError) as error:
+            raise await self._gone(error) from error
+        except framing.FrameError as error:
+            await self.kill()
+            raise RunFailed(
+                f"the {self.name} process wrote to its protocol channel: {error}",
+                self.stderr.text(),
+            ) from error
+
+    async def call(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send one frame and wait for the answer (the caller bounds the wait)."""
+        stdin = self.process.stdin
+        assert stdin is not None
+        try:
+            stdin.write(framing.encode(payload))
+            await stdin.drain()
+        except (ConnectionError, BrokenPipeError) as error:
+            raise await self._gone(error) from error
+        return await self.receive()
+
+    async def kill(self) -> None:
+        """Kill the process and everything it started, and close every pipe to it."""
+        await reap(self.process)
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
+            if self.process.stdout is not None:
+                await asyncio.wait_for(self.process.stdout.read(), _GRACE)
+            await asyncio.wait_for(asyncio.shield(self._drain), _GRACE)
+        self._drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._drain
+        transport = getattr(self.process, "_transport", None)
+        if transport is not None:
+            transport.close()
+
+
+class ProcessPool:
+    """Processes that load once and then answer one frame at a time each.
+
+    Processes start in the background; a call waits for an idle one. A process that dies is
+    replaced; one that runs out of time is killed (with everything it started) and replaced.
+    A process that fails to load is tried again with a growing pause, so a model whose load
+    failed for a passing reason (a file not yet mounted, memory) comes back by itself.
+    """
+
+    RETRY_FIRST = 1.0
+    RETRY_MAX = 60.0
+
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        size: int,
+        load_timeout: float,
+        env: dict[str, str],
+        prepare: Callable[[], tuple[Path, dict[str, str], list[str], Callable[[], None]]],
+    ) -> None:
+        self.name = name
+        self.command = command
+        self.size = size
+        self.load_timeout = load_timeout
+        self._env = env
+        # Per process: its working directory, extra variables and arguments, and a cleanup.
+        self._prepare = prepare
+        self._idle: asyncio.Queue[ModelProcess] = asyncio.Queue()
+        self._loaded: set[ModelProcess] = set()
+        self._spawned: dict[
+            ModelProcess, Callable[[], None]
+        ] = {}  # every live process -> its cleanup
+        self._starting: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._failures = 0
+        self.load_error: str | None = None
+        self.replaced = 0
+
+    @property
+    def ready(self) -> bool:
+        return any(process.alive for process in self._loaded)
+
+    async def start(self) -> None:
+        for _ in range(self.size):
+            self._spawn()
+
+    def _spawn(self, delay: float = 0.0) -> None:
+        if self._closed:
+            return
+        task = asyncio.create_task(self._start_one(delay))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    async def _start_one(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            cwd, extra_env, args, cleanup = self._prepare()
+        except OSError as error:
+            self._load_failed(f"its working folder could not be made: {error}", "")
+            return
+        try:
+            process = await ModelProcess.spawn(
+                self.name, [*self.command, *args], env={**self._env, **extra_env}, cwd=cwd
+            )
+        except OSError as error:
+            cleanup()
+            self._load_failed(f"it could not start: {error}", "")
+            return
+        self._spawned[process] = cleanup
+        try:
+            hello = await asyncio.wait_for(process.receive(), self.load_timeout)
+        except asyncio.CancelledError:  # stopped while it was loading: it must not outlive us
+            await self._discard(process)
+            raise
+        except RunFailed as error:
+            await self._discard(process)
+            self._load_failed(error.detail, error.stderr_tail)
+            return
+        except asyncio.TimeoutError:
+            await self._discard(process)
+            self._load_failed(f"it did not load within {self.load_timeout:g} s", "")
+            return
+        if not hello.get("ready"):
+            await self._discard(process)
+            self._load_failed("its model failed to load", str(hello.get("error", "")))
+            return
+        self._failures = 0
+        self.load_error = None
+        self._loaded.add(process)
+        await self._idle.put(process)
+
+    def _load_failed(self, reason: str, stderr_tail: str) -> None:
+        self.load_error = f"the {self.name} process failed to start: {reason}"
+        self._failures += 1
+        delay = min(self.RETRY_MAX, self.RETRY_FIRST * 2 ** (self._failures - 1))
+        logger.error("%s (trying again in %g s)\n%s", self.load_error, delay, stderr_tail)
+        self._spawn(delay)
+
+    async def _discard(self, process: ModelProcess) -> None:
+        self._loaded.discard(process)
+        await process.kill()
+        # Forgotten only once dead: a stop() that interrupts the kill kills it again.
+        cleanup = self._spawned.pop(process, None)
+        if cleanup is not None:
+            cleanup()
+
+    async def stop(self) -> None:
+        self._closed = True
+        for task in list(self._starting):
+            task.cancel()
+        await asyncio.gather(*self._starting, return_exceptions=True)
+        for process in list(self._spawned):
+            await self._discard(process)
+
+    async def _take(self, timeout: float) -> ModelProcess:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self.load_error and not self._loaded:
+                raise RunFailed(self.load_error)
+            wait = min(deadline - loop.time(), 1.0)
+            if wait <= 0:
+                raise RunTimeout(f"no {self.name} process was free within {timeout:g} s")
+            try:
+                process = await asyncio.wait_for(self._idle.get(), wait)
+            except asyncio.TimeoutError:
+                continue  # look at load errors again, then wait on
+            if process.alive:
+                return process
+            await self._retire(process)  # died while idle
+
+    async def _retire(self, process: ModelProcess) -> None:
+        await self._discard(process)
+        self.replaced += 1
+        self._spawn()
+
+    async def call(self, payload: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+        """Send one frame to an idle process and return its answer within ``timeout``.
+
+        A process that dies during the call is replaced and the call fails (RunFailed);
+        the engine decides what to do with the batch.
+        """
+        process = await self._take(timeout)
+        try:
+            reply = await asyncio.wait_for(process.call(payload), timeout)
+        except asyncio.TimeoutError as error:
+            await self._retire(process)
+            raise RunTimeout(f"{self.name} did not finish within {timeout:g} s") from error
+        except RunFailed:
+            await self._retire(process)
+            raise
+        except asyncio.CancelledError:
+            await self._retire(process)
+            raise
+        await self._idle.put(process)
+        return reply

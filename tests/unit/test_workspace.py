@@ -1,0 +1,72 @@
+"""A run's own folder: links to the framework, its own files, private whatever the umask."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from ersilia_pack.runtime.engine.service import slots_per_api
+from ersilia_pack.runtime.engine.workspace import Workspace, sweep
+from ersilia_pack.runtime.settings import ServeSettings
+
+
+def _model(root: Path) -> Path:
+    framework = root / "model" / "framework"
+    (framework / "code").mkdir(parents=True)
+    (framework / "code" / "main.py").write_text("print('hi')\n")
+    (framework / "run.sh").write_text("python $1/code/main.py $2 $3\n")
+    (root / "model" / "checkpoints").mkdir()
+    (root / "model" / "checkpoints" / "w.txt").write_text("weights\n")
+    return framework
+
+
+def test_a_run_finds_the_framework_by_relative_path_but_writes_its_own_files(
+    tmp_path: Path,
+) -> None:
+    framework = _model(tmp_path / "bundle")
+    runs = tmp_path / "bundle" / "state" / "runs"
+    with Workspace(runs, framework, "run") as first, Workspace(runs, framework, "run") as second:
+        for workspace in (first, second):
+            assert (workspace.cwd / "code" / "main.py").read_text() == "print('hi')\n"
+            assert (workspace.cwd / ".." / "checkpoints" / "w.txt").read_text() == "weights\n"
+        (first.cwd / "tmp_input.smi").write_text("first\n")
+        (second.cwd / "tmp_input.smi").write_text("second\n")
+        assert (first.cwd / "tmp_input.smi").read_text() == "first\n"
+        assert not (framework / "tmp_input.smi").exists()
+        assert first.variables["TMPDIR"] != second.variables["TMPDIR"]
+        assert Path(first.variables["TMPDIR"]).is_dir()
+    assert list(runs.iterdir()) == []
+
+
+def test_run_folders_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    framework = _model(tmp_path / "bundle")
+    runs = tmp_path / "bundle" / "state" / "runs"
+    old = os.umask(0)
+    try:
+        with Workspace(runs, framework, "run") as workspace:
+            for folder in (runs, workspace.path, workspace.tmp, workspace.cwd):
+                assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    finally:
+        os.umask(old)
+
+
+def test_folders_of_servers_that_are_gone_are_swept(tmp_path: Path) -> None:
+    framework = _model(tmp_path / "bundle")
+    runs = tmp_path / "bundle" / "state" / "runs"
+    mine = Workspace(runs, framework, "run")
+    dead = runs / "run.999999999.abcdefgh"
+    dead.mkdir()
+    assert sweep(runs) == 1
+    assert not dead.exists() and mine.path.exists()
+    mine.remove()
+
+
+def test_slots_are_shared_among_apis_unless_given() -> None:
+    assert slots_per_api(ServeSettings(workers=3), 5) == 3
+    one_api = slots_per_api(ServeSettings(), 1)
+    two_apis = slots_per_api(ServeSettings(), 2)
+    assert one_api >= 1 and two_apis >= 1
+    cpus = len(os.sched_getaffinity(0))
+    assert one_api == cpus
+    assert two_apis == min(cpus, max(2, cpus // 2))
