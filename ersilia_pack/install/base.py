@@ -35,7 +35,6 @@ UV_PIP_FLAGS = frozenset({
     "-r", "--requirement", "-e", "--editable", "-c", "--constraint", "-i", "--index-url",
     "--extra-index-url", "-f", "--find-links", "--no-index", "--no-deps", "-U", "--upgrade",
     "--no-build-isolation", "--no-binary", "--only-binary", "-q", "--quiet", "-v", "--verbose",
-    "--pre", "--force-reinstall",
 })
 # fmt: on
 
@@ -72,7 +71,8 @@ def current_python_version() -> str:
 class Backend:
     """Base class of install backends; subclasses live in one module each.
 
-    ``installer`` installs the structured pip steps (uv unless told otherwise).
+    ``installer`` installs the structured pip steps (a pack passes uv unless asked for pip;
+    a backend made without one uses pip).
     """
 
     name = ""
