@@ -63,13 +63,8 @@ INVALID = [
 
 def default_data() -> Path:
     """The shared data set beside the clone (or where ERSILIA_PACK_TEST_DATA points)."""
-    for folder in (
-        Path(os.environ.get("ERSILIA_PACK_TEST_DATA", ROOT.parent / "shared" / "data")),
-        Path("/work/shared/data"),
-    ):
-        if (folder / DATA_NAME).is_file():
-            return folder / DATA_NAME
-    return ROOT.parent / "shared" / "data" / DATA_NAME
+    folder = Path(os.environ.get("ERSILIA_PACK_TEST_DATA", ROOT.parent / "shared" / "data"))
+    return folder / DATA_NAME
 
 
 def read_data(path: Path) -> list[tuple[str, float]]:

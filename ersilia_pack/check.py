@@ -1,40 +1,77 @@
-"""The pack-time check: run the packed model on its examples and compare with their output."""
+"""The pack-time checks: serve the new bundle the way ``ersilia_serve`` will and call it.
+
+Each check imports the bundle's generated app, starts it (start-up and shut-down run) and talks
+to it over HTTP, so a bundle whose app cannot import, start or document itself fails the pack.
+
+1. The example check: ``GET /openapi.json`` and ``GET /docs`` answer, and every API answers
+   ``POST /<api>?with_meta=true`` on its example input, cold, with its example output.
+2. Warm versus cold: a legacy script of the warm shape runs warm only when its warm run gives
+   exactly what the cold run gave, in a bounded time.
+3. Overlapping runs versus a single run: the example input runs in several requests at once,
+   split across slots; an API whose overlapping runs fail or disagree is served one run at a
+   time (``serial`` in the manifest).
+
+The decisions (``warm``, ``serial``) are written into the bundle's manifest.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import math
+import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ersilia_pack.runtime.bundle.columns import convert_value, type_rows
-from ersilia_pack.runtime.bundle.manifest import ApiDefinition, Bundle, load_bundle
-from ersilia_pack.runtime.engine.runners import RunError, ScriptRunner
-from ersilia_pack.runtime.engine.service import ModelService, PredictionError
+from fastapi.testclient import TestClient
+
+from ersilia_pack.errors import RenderError, ServeError
+from ersilia_pack.runtime.bundle.columns import convert_value
+from ersilia_pack.runtime.bundle.loader import create_bundle_app, forget_bundle_app
+from ersilia_pack.runtime.bundle.manifest import ApiDefinition, load_bundle, write_manifest
 from ersilia_pack.runtime.settings import ServeSettings
 
 logger = logging.getLogger("ersilia_pack")
 
-RELATIVE_TOLERANCE = 1e-4
+RELATIVE_TOLERANCE = 1e-4  # between the example output file and the model's answer only
 WARM_CHECK_MIN_SECONDS = 30.0
+# A warm or overlapping run may take this many times the cold run before it counts as hung.
+TIME_FACTOR = 10
+OVERLAPPING_REQUESTS = 4
+OVERLAPPING_WORKERS = 2  # slots: each loads the model, so few
 MAX_REPORTED = 10
+
+Rows = list[list[Any] | None]
 
 
 @dataclass
 class CheckReport:
-    """What the example check found, per API."""
+    """What the checks found, per API."""
 
     checked: list[str] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     warm: dict[str, bool] = field(default_factory=dict)
+    serial: dict[str, str] = field(default_factory=dict)  # API: why it runs one at a time
 
     @property
     def ok(self) -> bool:
         return not self.differences and not self.failures
+
+
+@dataclass
+class Answer:
+    """What ``POST /<api>?with_meta=true`` answered: rows in input order and failed rows."""
+
+    rows: Rows = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    error: str | None = None  # the request itself failed (status and detail)
+    timed_out: bool = False
+    seconds: float = 0.0
 
 
 def same_value(expected: Any, actual: Any) -> bool:
@@ -46,42 +83,8 @@ def same_value(expected: Any, actual: Any) -> bool:
     return bool(expected == actual)
 
 
-def same_rows(first: list[list[Any] | None], second: list[list[Any] | None]) -> bool:
-    """Two typed results agree row by row and value by value."""
-    if len(first) != len(second):
-        return False
-    for left, right in zip(first, second):
-        if left is None or right is None:
-            if left is not right:
-                return False
-        elif len(left) != len(right) or not all(map(same_value, left, right)):
-            return False
-    return True
-
-
-async def warm_agrees(
-    bundle: Bundle, api: ApiDefinition, cold_rows: list[list[Any] | None], timeout: float
-) -> bool:
-    """Run the example input warm; True only when it gives exactly what the cold run gave."""
-    runner = ScriptRunner(bundle, api, concurrency=1, warm=True, load_timeout=timeout)
-    await runner.start()
-    try:
-        result = await runner.run(api.example_input, timeout=timeout)
-    except RunError as error:
-        logger.info("%s runs cold: its warm run failed (%s)", api.name, error.detail)
-        return False
-    finally:
-        await runner.stop()
-    warm_rows = type_rows(result.rows, api.columns)
-    if not same_rows(cold_rows, warm_rows):
-        logger.info("%s runs cold: its warm run differs from the cold run", api.name)
-        return False
-    logger.info("%s runs warm: its warm run matches the cold run", api.name)
-    return True
-
-
-def compare(api: ApiDefinition, rows: list[list[Any] | None]) -> list[str]:
-    """Differences between typed rows and the API's example output, one line each."""
+def compare(api: ApiDefinition, rows: Rows) -> list[str]:
+    """Differences between answered rows and the API's example output, one line each."""
     differences: list[str] = []
     for number, (expected_raw, actual) in enumerate(zip(api.example_output, rows), start=1):
         for position, column in enumerate(api.columns):
@@ -96,39 +99,253 @@ def compare(api: ApiDefinition, rows: list[list[Any] | None]) -> list[str]:
     return differences
 
 
-async def _check(bundle_dir: Path, settings: ServeSettings) -> CheckReport:
-    bundle = load_bundle(bundle_dir)
-    report = CheckReport()
-    service = ModelService(bundle, settings)
-    await service.start()
+def _detail(response: Any) -> str:
     try:
-        for api in bundle.manifest.apis:
-            if not api.example_input:
-                continue
-            began = time.monotonic()
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail if detail is not None else response.text[:300])
+
+
+def post_inputs(client: TestClient, api: ApiDefinition, inputs: list[str]) -> Answer:
+    """Run ``inputs`` through ``POST /<api>?with_meta=true`` and read the answer."""
+    began = time.monotonic()
+    response = client.post(f"/{api.name}", params={"with_meta": "true"}, json=inputs)
+    seconds = time.monotonic() - began
+    if response.status_code != 200:
+        return Answer(
+            error=f"{_detail(response)} (HTTP {response.status_code})",
+            timed_out=response.status_code == 504,
+            seconds=seconds,
+        )
+    try:
+        body = response.json()
+        records = body["result"]
+        failed = {int(item["index"]): str(item["reason"]) for item in body["meta"]["failed"]}
+        rows: Rows = [[record.get(name) for name in api.column_names] for record in records]
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        return Answer(error=f"an answer of the wrong shape ({error!r})", seconds=seconds)
+    if len(rows) != len(inputs):
+        return Answer(error=f"{len(rows)} rows for {len(inputs)} inputs", seconds=seconds)
+    return Answer(rows=rows, failed=failed, seconds=seconds)
+
+
+@contextlib.contextmanager
+def serving(bundle_dir: Path, **settings: Any) -> Iterator[TestClient]:
+    """The bundle's generated app, started, with its state in a temporary folder.
+
+    Settings are explicit (ERSILIA_PACK_* variables of the packing shell do not apply) and
+    the result cache is off, so every request runs the model.
+    """
+    with tempfile.TemporaryDirectory(prefix="ersilia-pack-check-") as state:
+        values = {"workers": 1, "cache_size": 0, **settings, "state_dir": state}
+        try:
+            app = create_bundle_app(bundle_dir, ServeSettings.model_validate(values))
+        except ServeError as error:
+            raise RenderError(f"the bundle cannot be served: {error}") from error
+        client = TestClient(app, raise_server_exceptions=False)
+        try:
+            client.__enter__()
+        except Exception as error:
+            raise RenderError(
+                f"the bundle's app failed to start: {type(error).__name__}: {error}"
+            ) from error
+        try:
+            yield client
+        finally:
+            client.__exit__(None, None, None)
+
+
+def check_documents(client: TestClient) -> list[str]:
+    """Problems of ``GET /openapi.json`` and ``GET /docs``, one line each."""
+    problems = []
+    for path in ("/openapi.json", "/docs"):
+        response = client.get(path)
+        if response.status_code != 200:
+            problems.append(f"GET {path} answered {response.status_code}: {_detail(response)}")
+        elif path == "/openapi.json":
             try:
-                prediction = await service.predict(api.name, api.example_input)
-            except PredictionError as error:
-                report.failures.append(f"{api.name}: the example input failed: {error.detail}")
-                continue
-            report.checked.append(api.name)
-            if api.example_output:
-                report.differences.extend(compare(api, prediction.rows))
-            if api.warm_script:
-                # A warm run that hangs (say, a fork after a library started threads) must not
-                # hold the pack for the whole run timeout: it gets ten times the cold run.
-                cold_seconds = time.monotonic() - began
-                limit = min(settings.timeout, max(WARM_CHECK_MIN_SECONDS, 10 * cold_seconds))
-                report.warm[api.name] = await warm_agrees(bundle, api, prediction.rows, limit)
+                response.json()
+            except ValueError:
+                problems.append("GET /openapi.json did not answer JSON")
+    return problems
+
+
+def check_app(bundle_dir: Path) -> None:
+    """Import the bundle's app and fetch its documents without running the model (--no-check).
+
+    RenderError when the app cannot import or document itself.
+    """
+    try:
+        with tempfile.TemporaryDirectory(prefix="ersilia-pack-check-") as state:
+            settings = ServeSettings.model_validate({"workers": 1, "state_dir": state})
+            try:
+                app = create_bundle_app(bundle_dir, settings)
+            except ServeError as error:
+                raise RenderError(f"the bundle cannot be served: {error}") from error
+            # Without the context manager the app's start-up (the model) does not run.
+            with contextlib.closing(TestClient(app, raise_server_exceptions=False)) as client:
+                problems = check_documents(client)
     finally:
-        await service.stop()
-    return report
+        forget_bundle_app(bundle_dir)
+    if problems:
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        raise RenderError(f"the bundle cannot be served:\n{lines}")
+
+
+def _example_failures(api: ApiDefinition, answer: Answer) -> list[str]:
+    """Example inputs that got a null row with a reason where the example output has values."""
+    problems = []
+    for index, reason in sorted(answer.failed.items()):
+        expected = api.example_output[index] if index < len(api.example_output) else None
+        if expected is not None and all(not value.strip() for value in expected):
+            continue  # the example output says this input has no values
+        value = api.example_input[index]
+        problems.append(f"{api.name}: the example input {value[:80]!r} failed: {reason}")
+    return problems
+
+
+def _time_limit(seconds: float, timeout: float) -> float:
+    """How long a warm or overlapping run may take: a multiple of the cold run, bounded."""
+    return min(timeout, float(math.ceil(max(WARM_CHECK_MIN_SECONDS, TIME_FACTOR * seconds))))
+
+
+def _write_decisions(bundle_dir: Path, warm: dict[str, bool], serial: dict[str, str]) -> None:
+    manifest = load_bundle(bundle_dir).manifest
+    for api in manifest.apis:
+        api.warm = warm.get(api.name, False)
+        api.serial = api.name in serial
+    write_manifest(bundle_dir, manifest)
+
+
+def _first_difference(single: Rows, other: Rows, inputs: list[str]) -> str | None:
+    for index, (left, right) in enumerate(zip(single, other)):
+        if left != right:
+            return f"input {inputs[index][:80]!r} got {right!r}, a single run gave {left!r}"
+    return None
+
+
+def _warm_agrees(client: TestClient, api: ApiDefinition, cold: Answer, limit: float) -> str | None:
+    """None when the warm run gives exactly what the cold run gave, else why not."""
+    warm = post_inputs(client, api, api.example_input)
+    if warm.timed_out:
+        return f"its warm run failed (it did not finish within {limit:g} s)"
+    if warm.error:
+        return f"its warm run failed ({warm.error})"
+    if warm.failed.keys() != cold.failed.keys():
+        return "its warm run failed on other inputs than the cold run"
+    difference = _first_difference(cold.rows, warm.rows, api.example_input)
+    if difference:
+        return f"its warm run differs from the cold run: {difference}"
+    return None
+
+
+def _overlapping_runs(
+    client: TestClient, api: ApiDefinition, single: Answer, *, compare_values: bool
+) -> str | None:
+    """None when overlapping requests each get what a single run gave, else why not."""
+    inputs = api.example_input
+    # Each request sends the inputs in another order, so runs hold other mixes of inputs.
+    orders = [inputs[k % len(inputs) :] + inputs[: k % len(inputs)] for k in range(len(inputs))]
+    requests = [orders[k % len(orders)] for k in range(OVERLAPPING_REQUESTS)]
+    with ThreadPoolExecutor(OVERLAPPING_REQUESTS) as pool:
+        answers = list(pool.map(lambda values: post_inputs(client, api, values), requests))
+    expected = dict(zip(inputs, single.rows))
+    failed_alone = {inputs[i] for i in single.failed}
+    for values, answer in zip(requests, answers):
+        if answer.error:
+            return f"fail: {answer.error}"
+        failed = {values[i] for i in answer.failed}
+        if failed != failed_alone:
+            name = next(iter(failed ^ failed_alone))
+            reason = answer.failed.get(values.index(name), "it failed in a single run")
+            return f"fail: the input {name[:80]!r} failed ({reason})"
+        if compare_values:
+            single_rows = [expected[value] for value in values]
+            difference = _first_difference(single_rows, answer.rows, values)
+            if difference:
+                return f"disagree: {difference}"
+    return None
 
 
 def check_examples(bundle_dir: Path, *, timeout: float = 600.0) -> CheckReport:
-    """Run every API of a bundle on its example input and compare with its example output.
+    """Serve the bundle, check its documents and examples, and choose warm and serial APIs.
 
-    Legacy scripts of the warm shape also run warm; ``report.warm`` says where both agree.
+    The example input of each API runs cold; legacy scripts of the warm shape then also run
+    warm (``report.warm`` says where both agree exactly); last the example runs in overlapping
+    requests (``report.serial`` names the APIs whose overlapping runs fail or disagree). Both
+    decisions are recorded in the bundle's manifest.
     """
-    settings = ServeSettings(workers=1, timeout=timeout, cold=True)
-    return asyncio.run(_check(bundle_dir, settings))
+    report = CheckReport()
+    apis = load_bundle(bundle_dir).manifest.apis
+    cold: dict[str, Answer] = {}
+    try:
+        with serving(bundle_dir, cold=True, timeout=timeout) as client:
+            report.failures.extend(check_documents(client))
+            for api in apis:
+                if not api.example_input:
+                    continue
+                answer = post_inputs(client, api, api.example_input)
+                if answer.error:
+                    report.failures.append(f"{api.name}: the example input failed: {answer.error}")
+                    continue
+                problems = _example_failures(api, answer)
+                report.failures.extend(problems)
+                report.checked.append(api.name)
+                if api.example_output:
+                    report.differences.extend(compare(api, answer.rows))
+                if not problems:
+                    cold[api.name] = answer
+        candidates = [api for api in apis if api.warm_script and api.name in cold]
+        if candidates:
+            slowest = max(cold[api.name].seconds for api in candidates)
+            limit = _time_limit(slowest, timeout)
+            _write_decisions(bundle_dir, {api.name: True for api in candidates}, {})
+            with serving(bundle_dir, timeout=limit) as client:
+                for api in candidates:
+                    why = _warm_agrees(client, api, cold[api.name], limit)
+                    report.warm[api.name] = why is None
+                    if why:
+                        logger.info("%s runs cold: %s", api.name, why)
+                    else:
+                        logger.info("%s runs warm: its warm run matches the cold run", api.name)
+        _write_decisions(bundle_dir, report.warm, {})
+        overlapping = [api for api in apis if api.name in cold]
+        _check_overlapping(bundle_dir, overlapping, cold, report, timeout=timeout)
+        _write_decisions(bundle_dir, report.warm, report.serial)
+    finally:
+        forget_bundle_app(bundle_dir)
+    return report
+
+
+def _check_overlapping(
+    bundle_dir: Path,
+    apis: list[ApiDefinition],
+    cold: dict[str, Answer],
+    report: CheckReport,
+    *,
+    timeout: float,
+) -> None:
+    if not apis:
+        return
+    manifest = load_bundle(bundle_dir).manifest
+    largest = max(len(api.example_input) for api in apis)
+    slowest = max(cold[api.name].seconds for api in apis)
+    limit = _time_limit(slowest, timeout)
+    # Small batches, so even one request is split across the slots as the engine does.
+    batch_size = max(1, -(-largest // (2 * OVERLAPPING_WORKERS)))
+    compare_values = manifest.output_consistency.lower() == "fixed"
+    with serving(
+        bundle_dir, workers=OVERLAPPING_WORKERS, batch_size=batch_size, timeout=limit
+    ) as client:
+        for api in apis:
+            why = _overlapping_runs(client, api, cold[api.name], compare_values=compare_values)
+            if why:
+                report.serial[api.name] = why
+                kind, _, detail = why.partition(": ")
+                logger.warning(
+                    "%s is served one run at a time: overlapping runs %s: %s",
+                    api.name,
+                    kind,
+                    detail,
+                )

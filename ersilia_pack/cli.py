@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ersilia_pack import __version__
+from ersilia_pack.containerize import DEFAULT_BASE, ENGINES, containerize, default_tag
 from ersilia_pack.errors import ErsiliaPackError
 from ersilia_pack.install import BACKENDS
 from ersilia_pack.install.installer import DEFAULT_INSTALLER, INSTALLERS
+from ersilia_pack.kube import KubeOptions, object_name, write_manifests
 from ersilia_pack.pack import DEFAULT_KEEP, lint, pack
 from ersilia_pack.runtime.settings import ServeSettings
 from ersilia_pack.serve import serve
+
+if TYPE_CHECKING:
+    from ersilia_pack.batch import Progress
 
 EXIT_USAGE = 1
 EXIT_INTERNAL = 4
@@ -321,6 +330,21 @@ def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="keep jobs and the cache in Redis (or set ERSILIA_PACK_REDIS_URL)",
         ),
+        click.option(
+            "--state-dir",
+            "state_dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="folder for jobs, the cache and run folders (default: the bundle's state/), "
+            "so a read-only bundle can be served",
+        ),
+        click.option(
+            "--public-metrics",
+            "public_metrics",
+            is_flag=True,
+            default=None,
+            help="serve GET /metrics without the API key (or set ERSILIA_PACK_PUBLIC_METRICS=1)",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -455,6 +479,281 @@ def model_lint_cli(repo_path: Path, variant: str | None) -> None:
         f"{spec.model_id} ({spec.slug}) is valid: APIs {apis}; "
         f"{len(spec.plan.steps)} install steps from {spec.plan.source or 'nothing'}"
     )
+
+
+class _ProgressView:
+    """Progress of ``ersilia_pack run``: a bar redrawn in place on a terminal, else a plain log
+    line every few seconds."""
+
+    WIDTH = 28
+
+    def __init__(self, *, terminal: bool, quiet: bool, every: float = 5.0) -> None:
+        self.terminal = terminal and not quiet
+        self.quiet = quiet
+        self.every = every
+        self.shown = 0.0
+        self.drawn = False
+
+    @staticmethod
+    def _duration(seconds: float | None) -> str:
+        if seconds is None:
+            return "?"
+        minutes, secs = divmod(int(seconds + 0.5), 60)
+        hours, minutes = divmod(minutes, 60)
+        return f"{hours}:{minutes:02d}:{secs:02d}"
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        final = progress.done >= progress.total
+        share = progress.done / progress.total if progress.total else 1.0
+        text = (
+            f"{progress.done:,}/{progress.total:,} rows ({share:.0%}), "
+            f"{progress.rate:,.0f} rows/s, {self._duration(progress.left)} left"
+        )
+        if self.terminal:
+            if final or now - self.shown >= 0.1:
+                filled = int(share * self.WIDTH)
+                bar = "#" * filled + "-" * (self.WIDTH - filled)
+                sys.stderr.write(f"\r{progress.stage} [{bar}] {text}\033[K")
+                sys.stderr.flush()
+                self.shown, self.drawn = now, True
+        elif not self.quiet and (final or now - self.shown >= self.every):
+            logging.getLogger("ersilia_pack").info("%s: %s", progress.stage, text)
+            self.shown = now
+
+    def close(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.drawn = False
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT and SIGTERM ask the run to stop after the rows in flight; a second one stops it
+    at once (what was recorded stays: a rerun continues from there)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        # No logging here: a handler may run while the logging lock is held.
+        os.write(2, b"\nstopping after the rows in flight (again to stop at once)\n")
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@pack_cli.command("run", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", default=None, help="a served model: the inputs go through a job on it")
+@click.option(
+    "--repository_dir",
+    "--repository-dir",
+    "repository_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="a model's repository folder (or a bundle): run it here, with no server",
+)
+@click.option(
+    "-i",
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="a CSV with a header (inputs in its first column), or one input per line",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="a .csv (input, then the columns) or .json (a list of records) file",
+)
+@click.option("--api", default="run", show_default=True, help="the API to run")
+@click.option(
+    "--api-key",
+    "api_key",
+    envvar="ERSILIA_PACK_API_KEY",
+    default=None,
+    help="the server's API key, with --url (or set ERSILIA_PACK_API_KEY)",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=None,
+    help="with --repository_dir: workers per API (default: as ersilia_serve picks)",
+)
+@click.option(
+    "--chunk-size",
+    "chunk_size",
+    type=click.IntRange(1),
+    default=None,
+    help="rows computed (or downloaded) and recorded at a time",
+)
+@_logging_options
+def run_cli(
+    url: str | None,
+    repository_dir: Path | None,
+    input_path: Path,
+    output_path: Path,
+    api: str,
+    api_key: str | None,
+    workers: int | None,
+    chunk_size: int | None,
+    verbose: bool,
+    quiet: bool,
+) -> None:
+    """Run a file of inputs through a model into a CSV or JSON file.
+
+    Stopped (Ctrl-C) and run again with the same arguments, it goes on where it stopped.
+    """
+    from ersilia_pack.batch import Interrupted, run_batch  # the client (httpx) only when used
+
+    if (url is None) == (repository_dir is None):
+        raise click.UsageError("give one of --url and --repository_dir")
+    if verbose or quiet:
+        _setup_logging(verbose, quiet)
+    view = _ProgressView(terminal=sys.stderr.isatty(), quiet=quiet)
+    try:
+        with _stop_on_signals() as stop:
+            summary = run_batch(
+                input_path=input_path,
+                output_path=output_path,
+                api=api,
+                url=url,
+                repository_dir=repository_dir,
+                api_key=api_key,
+                workers=workers,
+                chunk_size=chunk_size,
+                progress=view,
+                should_stop=stop.is_set,
+            )
+    except KeyboardInterrupt:
+        view.close()
+        raise Interrupted(
+            "interrupted: run the same command again to continue from the last recorded rows"
+        ) from None
+    finally:
+        view.close()
+    earlier = f", {summary.resumed:,} of them from an earlier run" if summary.resumed else ""
+    click.echo(
+        f"wrote {summary.total:,} rows to {summary.output} "
+        f"({summary.failed:,} without values{earlier})"
+    )
+
+
+def _megabytes(size: int | None) -> str:
+    return "unknown size" if size is None else f"{size / 1e6:.0f} MB"
+
+
+@pack_cli.command("containerize", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--model_dir",
+    "--model-dir",
+    "model_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="the model directory to build an image of",
+)
+@click.option("-t", "--tag", default=None, help="the image's name (default: MODEL_ID:latest)")
+@click.option(
+    "--base",
+    default=DEFAULT_BASE,
+    show_default=True,
+    help="the Python image ersilia-pack's base image builds on",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default=None,
+    help="build with this (default: docker or podman, the first that answers)",
+)
+@click.option(
+    "--kube",
+    "kube_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="also write Kubernetes manifests for the image into this folder",
+)
+@click.option(
+    "--replicas",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1),
+    help="replicas the manifests start with (and scale down to)",
+)
+@click.option(
+    "--max-replicas",
+    "max_replicas",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1),
+    help="most replicas the autoscaler runs",
+)
+@click.option(
+    "--cpu",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="CPUs each replica asks for; it runs one worker per CPU",
+)
+@click.option("--no-build", "no_build", is_flag=True, help="only write the manifests (with --kube)")
+@click.option(
+    "--no-cache",
+    "no_cache",
+    is_flag=True,
+    help="build the base and model images again from scratch",
+)
+@_logging_options
+def containerize_cli(
+    model_dir: Path,
+    tag: str | None,
+    base: str,
+    engine: str | None,
+    kube_dir: Path | None,
+    replicas: int,
+    max_replicas: int,
+    cpu: int,
+    no_build: bool,
+    no_cache: bool,
+    verbose: bool,
+    quiet: bool,
+) -> None:
+    """Build a model's image (and ersilia-pack's base image when missing); write manifests."""
+    _setup_logging(verbose, quiet)
+    if no_build and kube_dir is None:
+        raise click.UsageError("--no-build writes manifests only: give --kube DIR too")
+    spec = lint(model_dir)
+    image = tag or default_tag(spec)
+    if not no_build:
+        result = containerize(model_dir, tag=image, base=base, engine=engine, no_cache=no_cache)
+        above = (
+            None
+            if result.base_size is None or result.python_size is None
+            else result.base_size - result.python_size
+        )
+        click.echo(
+            f"built {result.tag} with {result.engine}: {_megabytes(result.size)} "
+            f"(on {result.base_tag}, whose layers above {base} take {_megabytes(above)})"
+        )
+        # Docker lets a container's non-root user bind port 80; podman needs the sysctl.
+        sysctl = "--sysctl net.ipv4.ip_unprivileged_port_start=80 " * (result.engine == "podman")
+        click.echo(f"serve it: {result.engine} run {sysctl}-p 8080:80 {result.tag}")
+    if kube_dir is not None:
+        options = KubeOptions(image=image, replicas=replicas, max_replicas=max_replicas, cpu=cpu)
+        written = write_manifests(spec, kube_dir, options)
+        secret = f"{object_name(spec.model_id)}-api-key"
+        click.echo(f"wrote {', '.join(path.name for path in written)} into {kube_dir}")
+        click.echo(
+            f"apply them: kubectl create secret generic {secret} --from-literal=api-key=KEY "
+            f"&& kubectl apply -f {kube_dir}"
+        )
 
 
 pack_command = _run(pack_cli)

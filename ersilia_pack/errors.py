@@ -72,6 +72,12 @@ class PlanError(ErsiliaPackError):
     exit_code = 1
 
 
+class SettingsError(ErsiliaPackError):
+    """A serve setting (an ERSILIA_PACK_* variable) has a value that cannot be used."""
+
+    exit_code = 1
+
+
 class RenderError(ErsiliaPackError):
     """Rendering the bundle, or checking it against the model's examples, failed."""
 

@@ -7,6 +7,8 @@ import csv
 import hashlib
 import os
 import shlex
+import stat
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +26,25 @@ ApiKind = Literal["sh", "py"]
 _IGNORED_DIRS = {".git", "__pycache__", ".ipynb_checkpoints"}
 
 
+_LFS_HEADER = b"version https://git-lfs.github.com/spec/v1"
+# Pointer files are about 130 bytes; nothing bigger is read to look for one.
+_LFS_POINTER_MAX_BYTES = 256
+
+
+class LfsPointer(BaseModel):
+    """A Git LFS pointer file found where the real file should be (cloned without LFS)."""
+
+    path: str  # relative to the model directory
+    size: int | None = None  # bytes of the real file, as the pointer says
+
+    def warning(self) -> str:
+        size = f"{self.size:,} bytes" if self.size is not None else "size unknown"
+        return (
+            f"{self.path} is a Git LFS pointer, not the file itself (the real file: {size}); "
+            "fetch it with `git lfs pull` in the model's repository, then pack again"
+        )
+
+
 class ModelSpec(BaseModel):
     """Everything later steps need from a model directory; nothing reads the directory again."""
 
@@ -37,6 +58,7 @@ class ModelSpec(BaseModel):
     apis: list[ApiDefinition]
     plan: InstallPlan
     model_hash: str
+    lfs_pointers: list[LfsPointer] = []
     warnings: list[str] = []
 
     @property
@@ -49,6 +71,9 @@ class ModelSpec(BaseModel):
 
 
 def _read_csv(path: Path) -> list[list[str]]:
+    # An example may hold a field longer than the csv module's default limit (128 KiB), as a
+    # model's output may; the engine reads outputs with the same limit.
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
         return [row for row in csv.reader(handle) if row]
 
@@ -344,6 +369,32 @@ def _check_symlinks(model_dir: Path, problems: list[Problem]) -> bool:
     return readable
 
 
+def find_lfs_pointers(model_dir: Path) -> list[LfsPointer]:
+    """Git LFS pointer files under ``model/`` (only files of a few hundred bytes are read)."""
+    found: list[LfsPointer] = []
+    model = model_dir / "model"
+    for current, dirs, files in os.walk(model):
+        dirs[:] = sorted(d for d in dirs if d not in _IGNORED_DIRS)
+        for name in sorted(files):
+            path = Path(current) / name
+            try:
+                info = path.stat()
+                if not stat.S_ISREG(info.st_mode) or info.st_size > _LFS_POINTER_MAX_BYTES:
+                    continue
+                head = path.read_bytes()
+            except OSError:
+                continue
+            if not head.startswith(_LFS_HEADER):
+                continue
+            size = None
+            for line in head.decode("utf-8", errors="replace").splitlines():
+                key, _, value = line.partition(" ")
+                if key == "size" and value.strip().isdigit():
+                    size = int(value)
+            found.append(LfsPointer(path=path.relative_to(model_dir).as_posix(), size=size))
+    return sorted(found, key=lambda pointer: pointer.path)
+
+
 def hash_model_dir(model_dir: Path) -> str:
     """A hash of the metadata, install files and model/ folder (names and contents)."""
     digest = hashlib.sha256()
@@ -389,6 +440,7 @@ def read_model_dir(model_dir: Path, *, variant: str | None = None) -> ModelSpec:
     apis = _read_apis(model_dir, problems)
     if problems:
         raise ModelDirError(problems, str(model_dir))
+    pointers = find_lfs_pointers(model_dir)
     return ModelSpec(
         root=model_dir.resolve(),
         metadata=metadata,
@@ -398,4 +450,6 @@ def read_model_dir(model_dir: Path, *, variant: str | None = None) -> ModelSpec:
         apis=apis,
         plan=plan,
         model_hash=hash_model_dir(model_dir),
+        lfs_pointers=pointers,
+        warnings=[pointer.warning() for pointer in pointers],
     )

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ersilia_pack.check import MAX_REPORTED, check_examples
+from ersilia_pack.check import MAX_REPORTED, check_app, check_examples
 from ersilia_pack.errors import ModelDirError, Problem, RenderError
 from ersilia_pack.install import get_backend
 from ersilia_pack.install.base import EnvRequest, install
@@ -22,8 +22,8 @@ from ersilia_pack.install.installer import DEFAULT_INSTALLER, make_installer
 from ersilia_pack.install.translate import log_decisions
 from ersilia_pack.install.venv import COMPLETE, ENVS_DIR
 from ersilia_pack.model_dir import ModelSpec, read_model_dir
-from ersilia_pack.render import new_tag, render_bundle, write_manifest
-from ersilia_pack.runtime.bundle.manifest import MANIFEST, TAG_PATTERN, InstallRecord, load_bundle
+from ersilia_pack.render import new_tag, render_bundle
+from ersilia_pack.runtime.bundle.manifest import MANIFEST, TAG_PATTERN, InstallRecord
 
 logger = logging.getLogger("ersilia_pack")
 DEFAULT_KEEP = 3
@@ -117,18 +117,8 @@ def strip_shared_write(root: Path) -> None:
                 path.chmod(stat.S_IMODE(mode) & ~NOT_SHARED)
 
 
-def _enable_warm(staging: Path, warm: dict[str, bool]) -> None:
-    """Record in the manifest which legacy APIs run warm (those whose warm run agreed)."""
-    bundle = load_bundle(staging)
-    manifest = bundle.manifest
-    for api in manifest.apis:
-        api.warm = warm.get(api.name, False)
-    write_manifest(staging, manifest)
-
-
-def _run_check(staging: Path, *, strict: bool) -> list[str]:
-    report = check_examples(staging)
-    _enable_warm(staging, report.warm)
+def _run_check(staging: Path, *, strict: bool, spec: ModelSpec) -> list[str]:
+    report = check_examples(staging)  # records warm and serial APIs in the manifest
     problems = report.failures + report.differences
     if not problems:
         if report.checked:
@@ -138,7 +128,8 @@ def _run_check(staging: Path, *, strict: bool) -> list[str]:
     more = len(problems) - len(shown)
     text = "\n".join(f"  - {line}" for line in shown) + (f"\n  - ... {more} more" if more else "")
     if strict or report.failures:
-        raise RenderError(f"the packed model does not reproduce its examples:\n{text}")
+        hint = "".join(f"\n  likely cause: {pointer.warning()}" for pointer in spec.lfs_pointers)
+        raise RenderError(f"the packed model does not reproduce its examples:\n{text}{hint}")
     logger.warning("the packed model's output differs from its example output:\n%s", text)
     return shown
 
@@ -200,6 +191,8 @@ def _pack(
     as_of: str | None,
 ) -> PackResult:
     spec = read_model_dir(model_dir, variant=variant)
+    for warning in spec.warnings:
+        logger.warning("warning: %s", warning)
     cutoff = choose_cutoff(spec.metadata, as_of)
     root = repository_root if repository_root is not None else default_eos() / "repository"
     model_repo = _model_repository(root, spec)
@@ -249,9 +242,11 @@ def _pack(
         logger.info("rendering the bundle")
         installed = spec.model_copy(update={"plan": translation.plan})
         render_bundle(installed, staging, tag=tag, environment=prepared.environment, install=record)
-        warnings = _run_check(staging, strict=strict) if check else []
+        warnings = _run_check(staging, strict=strict, spec=spec) if check else []
+        if not check:
+            check_app(staging)
         shutil.rmtree(staging / "state", ignore_errors=True)
-        (staging / "status.json").write_text(json.dumps({"done": True}) + "\n")
+        (staging / "status.json").write_text(json.dumps({"done": True}) + "\n", encoding="utf-8")
         strip_shared_write(staging)
         final = model_repo / tag
         staging.rename(final)

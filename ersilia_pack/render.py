@@ -7,6 +7,7 @@ import keyword
 import re
 import shutil
 import textwrap
+import unicodedata
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -21,7 +22,12 @@ from ersilia_pack.install.plan import InstallPlan
 from ersilia_pack.model_dir import ModelSpec
 from ersilia_pack.runtime.bundle.columns import convert_value
 from ersilia_pack.runtime.bundle.environment import Environment
-from ersilia_pack.runtime.bundle.manifest import MANIFEST, ApiDefinition, InstallRecord, Manifest
+from ersilia_pack.runtime.bundle.manifest import (
+    ApiDefinition,
+    InstallRecord,
+    Manifest,
+    write_manifest,
+)
 from ersilia_pack.runtime.engine import framing
 from ersilia_pack.runtime.http.io import shape
 
@@ -81,7 +87,13 @@ def new_tag() -> str:
 
 
 def _identifier(name: str, taken: set[str]) -> str:
-    base = re.sub(r"\W", "_", name.strip()).lower() or "column"
+    """A safe ASCII Python identifier for a column name (the name itself becomes an alias).
+
+    ASCII only: a name such as ``r²`` is word characters to a regular expression yet no
+    identifier to Python, and identifiers are NFKC-normalised, so two names could collide.
+    """
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    base = re.sub(r"[^0-9A-Za-z_]", "_", ascii_name.strip()).lower() or "column"
     if (
         base[0].isdigit()
         or keyword.iskeyword(base)
@@ -135,13 +147,53 @@ def _api_context(api: ApiDefinition, modules: set[str]) -> ApiContext:
     )
 
 
+def clean_text(value: str) -> str:
+    """Text that encodes as UTF-8: surrogate pairs (as some YAML escapes give) joined into the
+    character they stand for, lone surrogates replaced by U+FFFD."""
+    return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x80:
+        return char
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _python_string(value: str) -> str:
+    """A double-quoted Python literal in ASCII: other characters as Python escapes.
+
+    Not json.dumps alone: it escapes a character outside the Basic Multilingual Plane as a
+    surrogate pair, which Python reads as two lone surrogates that no response can encode.
+    """
+    text = json.dumps(clean_text(value), ensure_ascii=False)
+    return "".join(map(_escape, text))
+
+
+def _short_pieces(piece: str, width: int) -> list[str]:
+    """``piece`` cut so that each part's literal stays within ``width`` characters."""
+    parts, current = [], ""
+    for char in piece:
+        if current and len(_python_string(current + char)) > width:
+            parts.append(current)
+            current = ""
+        current += char
+    return [*parts, current]
+
+
 def pyliteral(value: str, indent: int = 8) -> str:
     """A string literal that keeps rendered lines short (implicit concatenation when long)."""
-    if len(value) <= 60:
-        return json.dumps(value)
-    pieces = textwrap.wrap(value, 60, drop_whitespace=False, break_on_hyphens=False)
+    if len(_python_string(value)) <= 62:
+        return _python_string(value)
+    pieces = [
+        part
+        for piece in textwrap.wrap(value, 60, drop_whitespace=False, break_on_hyphens=False)
+        for part in _short_pieces(piece, 78)
+    ]
     pad = " " * indent
-    body = "\n".join(f"{pad}    {json.dumps(piece)}" for piece in pieces)
+    body = "\n".join(f"{pad}    {_python_string(piece)}" for piece in pieces)
     return f"(\n{body}\n{pad})"
 
 
@@ -208,7 +260,20 @@ def api_schema(spec: ModelSpec) -> dict[str, Any]:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = clean_text(json.dumps(payload, indent=2, ensure_ascii=False))
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def _write_python(path: Path, source: str) -> None:
+    """Write a generated module, refusing one that does not compile."""
+    try:
+        compile(source, str(path), "exec", dont_inherit=True)
+    except SyntaxError as error:
+        raise RenderError(
+            f"the generated {path.parent.name}/{path.name} does not compile "
+            f"(line {error.lineno}: {error.msg}); please report this as a bug of ersilia_pack"
+        ) from error
+    path.write_text(source, encoding="utf-8")
 
 
 def render_bundle(
@@ -234,18 +299,16 @@ def render_bundle(
     )
     app_dir = target / "app"
     app_dir.mkdir(exist_ok=True)
-    (app_dir / "__init__.py").write_text(render_template("app/__init__.py.j2", context))
-    (app_dir / "main.py").write_text(render_template("app/main.py.j2", context))
-    (app_dir / "schemas.py").write_text(render_template("app/schemas.py.j2", context))
-    (app_dir / "worker.py").write_text(render_template("app/worker.py.j2", context))
-    (app_dir / "warm.py").write_text(render_template("app/warm.py.j2", context))
+    for name in ("__init__", "main", "schemas", "worker", "warm"):
+        _write_python(app_dir / f"{name}.py", render_template(f"app/{name}.py.j2", context))
     # The frames both model processes speak, from the module the server reads them with.
     shutil.copyfile(framing.__file__, app_dir / FRAMING_MODULE)
     examples_dir = app_dir / "examples"
     examples_dir.mkdir(exist_ok=True)
     for api, api_context in zip(spec.apis, context.apis):
-        (app_dir / f"{api_context.module}.py").write_text(
-            render_template("app/api.py.j2", context, api=api_context)
+        _write_python(
+            app_dir / f"{api_context.module}.py",
+            render_template("app/api.py.j2", context, api=api_context),
         )
         _write_json(
             examples_dir / f"{api.name}.json",
@@ -257,7 +320,9 @@ def render_bundle(
         )
     installs = target / "installs"
     installs.mkdir(exist_ok=True)
-    (installs / "install.sh").write_text(render_template("install.sh.j2", context))
+    (installs / "install.sh").write_text(
+        render_template("install.sh.j2", context), encoding="utf-8"
+    )
     _write_json(
         target / "information.json",
         {
@@ -282,7 +347,3 @@ def render_bundle(
     )
     write_manifest(target, manifest)
     return manifest
-
-
-def write_manifest(bundle_dir: Path, manifest: Manifest) -> None:
-    (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")

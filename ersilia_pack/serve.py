@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import uvicorn
@@ -33,6 +34,9 @@ def serve(
     bundle_dir = find_bundle(path)
     logger.info("serving %s", bundle_dir)
     settings = settings or ServeSettings.from_env()
+    # What the server and its model processes create (the jobs database, the cache, run
+    # folders) is the owner's only, whatever umask the caller left (the Ersilia client's is 0).
+    os.umask(0o077)
     app = create_bundle_app(bundle_dir, settings)
     if settings.redis_url:
         # Fail here, with a plain message, rather than inside uvicorn's start-up.

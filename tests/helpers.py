@@ -28,20 +28,10 @@ from ersilia_pack.runtime.settings import ServeSettings
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 DEMO_DIR = ROOT / "examples" / "eos-demo"
-_DATA_NAME = "smiles-50k-molweight.csv"
 # The shared data set (SMILES and molecular weights) lives beside the project, never inside
-# it; ERSILIA_PACK_TEST_DATA names its folder when the clone is not next to it.
-DATA = next(
-    (
-        folder / _DATA_NAME
-        for folder in (
-            Path(os.environ.get("ERSILIA_PACK_TEST_DATA", ROOT.parent / "shared" / "data")),
-            Path("/work/shared/data"),
-        )
-        if (folder / _DATA_NAME).is_file()
-    ),
-    ROOT.parent / "shared" / "data" / _DATA_NAME,
-)
+# it: ../shared/data relative to the project root, or the folder ERSILIA_PACK_TEST_DATA names.
+DATA_DIR = Path(os.environ.get("ERSILIA_PACK_TEST_DATA") or ROOT.parent / "shared" / "data")
+DATA = DATA_DIR / "smiles-50k-molweight.csv"
 UVICORN_LINE = re.compile(r"Uvicorn running on (http://\S+)")
 
 

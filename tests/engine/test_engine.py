@@ -189,12 +189,13 @@ def test_concurrent_callers_get_their_own_rows_in_merged_runs(tmp_path: Path) ->
 def _slow_load_once(tmp_path: Path) -> Path:
     files = {
         "model/framework/run.py": (
-            "import time\n\n\n"
+            "import os\nimport time\n\n\n"
             "class Slow:\n"
             "    def load(self):\n"
             "        self.prefix = '>'\n\n"
             "    def predict(self, inputs):\n"
             "        if 'SLOW' in inputs:\n"
+            "            open(os.environ['SLOW_STARTED'], 'w').close()\n"
             "            time.sleep(3)\n"
             "        return [{'echo': self.prefix + value} for value in inputs]\n"
         ),
@@ -206,7 +207,11 @@ def _slow_load_once(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("api_kind", ["load-once", "warm"])
-def test_a_process_killed_mid_request_is_replaced(tmp_path: Path, api_kind: str) -> None:
+def test_a_process_killed_mid_request_is_replaced(
+    tmp_path: Path, api_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = tmp_path / "slow-started"
+    monkeypatch.setenv("SLOW_STARTED", str(started))
     if api_kind == "load-once":
         bundle = _slow_load_once(tmp_path)
         marker, slow_input, expected = "app/worker.py", "SLOW", {"echo": ">SLOW"}
@@ -215,6 +220,7 @@ def test_a_process_killed_mid_request_is_replaced(tmp_path: Path, api_kind: str)
         files["model/framework/code/main.py"] = files["model/framework/code/main.py"].replace(
             "    if 'BAD' in values:",
             "    if 'SLOW' in values:\n"
+            "        open(__import__('os').environ['SLOW_STARTED'], 'w').close()\n"
             "        __import__('time').sleep(3)\n"
             "    if 'BAD' in values:",
         )
@@ -231,7 +237,10 @@ def test_a_process_killed_mid_request_is_replaced(tmp_path: Path, api_kind: str)
             target=lambda: answer.update(response=post(client, "run", [slow_input]))
         )
         caller.start()
-        time.sleep(1)  # the slow input is now being computed by the only process
+        deadline = time.monotonic() + 30
+        while not started.exists():  # the slow input is now being computed by the only process
+            assert time.monotonic() < deadline, "the slow input never started"
+            time.sleep(0.02)
         os.kill(victim, signal.SIGKILL)
         caller.join(30)
         response = answer["response"]

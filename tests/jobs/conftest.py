@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import run_command
+from helpers import pack_fixture, run_command
 from jobkit import counting_model, redis_server
 
 from ersilia_pack.pack import pack
@@ -21,6 +21,7 @@ def _pack(model_dir: Path, repository_root: Path) -> Path:
         patch.delenv("JOBS_TEST_COUNTER", raising=False)
         patch.delenv("JOBS_TEST_GATE", raising=False)
         patch.delenv("JOBS_TEST_BROKEN", raising=False)
+        patch.delenv("JOBS_TEST_FAILURES", raising=False)
         return pack(model_dir, backend="system", repository_root=repository_root).bundle_dir
 
 
@@ -109,3 +110,11 @@ def demo_packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_repository(demo_packed: Path, tmp_path: Path) -> Path:
     """A repository folder holding a fresh copy of the packed demo: no jobs, empty cache."""
     return _fresh_copy(demo_packed, tmp_path / "demo").parent
+
+
+@pytest.fixture(scope="session")
+def sleepy_packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/fixtures/sleepy-model packed once per session (copy it to serve)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("SLEEPY_COUNTER", raising=False)
+        return pack_fixture("sleepy-model", tmp_path_factory.mktemp("sleepy"))

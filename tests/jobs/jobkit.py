@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import io
 import math
 import os
@@ -23,23 +22,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from helpers import UVICORN_LINE, console_script, write_tree
+from helpers import DATA, UVICORN_LINE, console_script, write_tree
 
-TESTS = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
-
-
-def _shared_data_path() -> Path:
-    """The shared SMILES data set, found the way ``tests/conftest.py`` finds it."""
-    spec = importlib.util.spec_from_file_location("_shared_test_conftest", TESTS / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    path: Path = module.DATA
-    return path
-
-
-DATA = _shared_data_path()
 
 
 def read_data() -> tuple[list[str], list[float]]:
@@ -55,6 +40,8 @@ _MODEL_SCRIPT = '''\
 JOBS_TEST_COUNTER: a file that gets one line per run, the number of inputs it computed.
 JOBS_TEST_GATE: a file that must exist before a run answers (lets a test hold a job).
 JOBS_TEST_BROKEN: when set, every run fails (a broken model).
+JOBS_TEST_FAILURES: a file holding a number: that many runs fail, then the model recovers.
+An input starting with "hang" makes its run wait a minute (longer than a test's timeout).
 """
 
 import csv
@@ -64,6 +51,14 @@ import time
 
 if os.environ.get("JOBS_TEST_BROKEN"):
     sys.exit("the model is broken")
+failures = os.environ.get("JOBS_TEST_FAILURES")
+if failures and os.path.exists(failures):
+    with open(failures) as handle:
+        left = int(handle.read() or 0)
+    if left > 0:
+        with open(failures, "w") as handle:
+            handle.write(str(left - 1))
+        sys.exit("out of memory, for now")
 input_file, output_file = sys.argv[1], sys.argv[2]
 with open(input_file, newline="") as handle:
     inputs = [row[0] for row in list(csv.reader(handle))[1:]]
@@ -72,6 +67,8 @@ if gate:
     deadline = time.time() + 120
     while not os.path.exists(gate) and time.time() < deadline:
         time.sleep(0.02)
+if any(text.startswith("hang") for text in inputs):
+    time.sleep(60)
 counter = os.environ.get("JOBS_TEST_COUNTER")
 if counter:
     with open(counter, "a") as handle:
@@ -288,6 +285,9 @@ class Server:
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.post(self.url + path, timeout=300, **kwargs)
 
+    def delete(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.delete(self.url + path, timeout=120, **kwargs)
+
     def status(self, job_id: str) -> dict[str, Any]:
         response = self.get(f"/job/status/{job_id}")
         assert response.status_code == 200, response.text
@@ -328,3 +328,44 @@ def check_result(server: Server, job_id: str, inputs: list[str], weights: list[f
     assert wrong == [], f"{len(wrong)} wrong weights, e.g. row {wrong[0]}"
     assert table[0][:2] == ["input", "mol_weight"]
     assert [row[0] for row in table[1:]] == inputs
+
+
+# Jobs of the sleepy fixture model (tests/fixtures/sleepy-model): each input waits a few
+# milliseconds, so replicas scale on two cores. Two workers give each replica one job lane.
+SLEEPY_CHUNK = 100
+SLEEPY_OPTIONS = ("--workers", "2")
+
+
+def sleepy_inputs(count: int) -> list[str]:
+    """Distinct inputs, so each computation of one is seen in the counter file."""
+    return [f"item-{i:05d}" for i in range(count)]
+
+
+def sleepy_env(redis_url: str, counter: Path, replica: str) -> dict[str, str]:
+    """The environment of one sleepy replica on a shared Redis, counting into ``counter``."""
+    return {
+        "ERSILIA_PACK_REDIS_URL": redis_url,
+        "ERSILIA_PACK_JOB_CHUNK_SIZE": str(SLEEPY_CHUNK),
+        "SLEEPY_COUNTER": str(counter),
+        "SLEEPY_REPLICA": replica,
+    }
+
+
+def computations(counter: Path) -> list[tuple[str, str]]:
+    """(replica, input) for each input the sleepy model computed, in the order it did."""
+    if not counter.exists():
+        return []
+    lines = counter.read_text().splitlines()
+    return [(replica, text) for replica, _, text in (line.partition(" ") for line in lines)]
+
+
+def check_sleepy_result(server: Server, job_id: str, inputs: list[str]) -> None:
+    """Every row once, in input order, with the length and the reverse of its input."""
+    records = server.get(f"/job/result/{job_id}").json()
+    assert len(records) == len(inputs)
+    wrong = [
+        i
+        for i, (row, text) in enumerate(zip(records, inputs))
+        if row != {"length": len(text), "reversed": text[::-1]}
+    ]
+    assert wrong == [], f"{len(wrong)} wrong rows, e.g. row {wrong[0]}: {records[wrong[0]]}"

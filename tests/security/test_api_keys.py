@@ -17,7 +17,10 @@ from security_helpers import Server, serve, wait_ready
 KEYS = (f"key-one-{secrets.token_hex(12)}", f"key-two-{secrets.token_hex(12)}")
 WRONG = f"key-bad-{secrets.token_hex(12)}"
 BEARER = {"Authorization": f"Bearer {KEYS[0]}"}
-PUBLIC = ("/", "/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/static/swagger-ui.css")
+PUBLIC = (
+    *("/", "/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/static/swagger-ui.css"),
+    *("/ui", "/ui/config", "/static/ui/ui.js"),
+)
 METHODS = ("get", "post", "put", "patch", "delete", "head")
 
 

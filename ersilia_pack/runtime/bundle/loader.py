@@ -14,9 +14,13 @@ from ersilia_pack.errors import ServeError
 from ersilia_pack.runtime.settings import ServeSettings
 
 
+def _package_name(app_dir: Path) -> str:
+    return "ersilia_bundle_" + hashlib.sha256(str(app_dir).encode()).hexdigest()[:12]
+
+
 def _import_app_package(bundle_dir: Path) -> ModuleType:
     app_dir = bundle_dir / "app"
-    name = "ersilia_bundle_" + hashlib.sha256(str(app_dir).encode()).hexdigest()[:12]
+    name = _package_name(app_dir)
     if name in sys.modules:
         return importlib.import_module(f"{name}.main")
     spec = importlib.util.spec_from_file_location(
@@ -43,3 +47,10 @@ def create_bundle_app(bundle_dir: Path, settings: ServeSettings | None = None) -
         raise ServeError(f"the app of {bundle_dir.name} failed to import: {error}") from error
     app: FastAPI = main.create_app(settings)
     return app
+
+
+def forget_bundle_app(bundle_dir: Path) -> None:
+    """Drop an imported bundle app's modules (a pack imports its staging bundle's app once)."""
+    name = _package_name(bundle_dir.resolve() / "app")
+    for module in [key for key in sys.modules if key == name or key.startswith(name + ".")]:
+        del sys.modules[module]

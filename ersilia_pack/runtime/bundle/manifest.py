@@ -30,6 +30,9 @@ class ApiDefinition(BaseModel):
     example_output: list[list[str]] = []
     warm_script: str | None = None
     warm: bool = False
+    # Set at pack time when overlapping runs of the example disagree with a single run (or
+    # fail): the API is then served one run at a time.
+    serial: bool = False
 
     @property
     def column_names(self) -> list[str]:
@@ -67,11 +70,16 @@ class Manifest(BaseModel):
 
 
 class Bundle:
-    """A packed model: the folder ``$EOS/repository/$MODEL_ID/<tag>/``."""
+    """A packed model: the folder ``$EOS/repository/$MODEL_ID/<tag>/``.
 
-    def __init__(self, path: Path, manifest: Manifest) -> None:
+    What serving writes (jobs, cache, run folders) goes to ``state_dir``: the bundle's own
+    ``state/`` unless another folder is given, so a read-only bundle can be served.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest, *, state_dir: Path | None = None) -> None:
         self.path = path
         self.manifest = manifest
+        self._state_dir = state_dir
 
     @property
     def framework_dir(self) -> Path:
@@ -79,7 +87,7 @@ class Bundle:
 
     @property
     def state_dir(self) -> Path:
-        return self.path / "state"
+        return self._state_dir if self._state_dir is not None else self.path / "state"
 
     @property
     def apis(self) -> dict[str, ApiDefinition]:
@@ -101,7 +109,7 @@ class Bundle:
         return dict(self.information.get("card", {}))
 
 
-def load_bundle(path: Path) -> Bundle:
+def load_bundle(path: Path, *, state_dir: Path | None = None) -> Bundle:
     """Read a bundle folder; a clear ServeError when it is not one."""
     manifest_path = path / MANIFEST
     try:
@@ -112,12 +120,28 @@ def load_bundle(path: Path) -> Bundle:
         raise ServeError(
             f"{manifest_path} is unreadable: {error.error_count()} problems"
         ) from error
-    return Bundle(path.resolve(), manifest)
+    return Bundle(
+        path.resolve(), manifest, state_dir=state_dir.expanduser().resolve() if state_dir else None
+    )
+
+
+def write_manifest(bundle_dir: Path, manifest: Manifest) -> None:
+    """Write ``manifest.json`` of a bundle."""
+    (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+
+def make_state_dir(bundle: Bundle) -> Path:
+    """Create the bundle's state folder private to its owner (0o700), whatever the umask."""
+    path = bundle.state_dir
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
 
 
 def _is_done(path: Path) -> bool:
     try:
-        return bool(json.loads((path / "status.json").read_text()).get("done"))
+        status = json.loads((path / "status.json").read_text(encoding="utf-8"))
+        return bool(status.get("done"))
     except (OSError, ValueError, AttributeError):
         return False
 

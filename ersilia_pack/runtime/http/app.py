@@ -19,9 +19,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ersilia_pack import __version__
-from ersilia_pack.runtime.bundle.manifest import Bundle, load_bundle
+from ersilia_pack.runtime.bundle.manifest import Bundle, load_bundle, make_state_dir
 from ersilia_pack.runtime.engine.service import REQUEST_ID, ModelService, PredictionError
 from ersilia_pack.runtime.http import job_routes as job_routes
+from ersilia_pack.runtime.http import metrics, ui
 from ersilia_pack.runtime.http.body import read_inputs
 from ersilia_pack.runtime.http.io import dumps, shape
 from ersilia_pack.runtime.http.security import add_api_keys
@@ -87,9 +88,18 @@ async def predict_response(
 def _add_shared_routes(app: FastAPI, bundle: Bundle) -> None:
     model_id, slug = bundle.manifest.model_id, bundle.manifest.slug
 
-    @app.get("/", tags=["model"], summary="Model id and slug")
-    async def root() -> dict[str, str]:
-        return {model_id: slug}
+    @app.get(
+        "/",
+        tags=["model"],
+        summary="Model id and slug",
+        description="A browser (Accept: text/html) is sent to the page at /ui instead.",
+        response_model=dict[str, str],
+        responses={307: {"description": "to the page at /ui, for a browser"}},
+    )
+    async def root(request: Request) -> Response:
+        if ui.wants_html(request):
+            return ui.page_redirect(request)
+        return json_response({model_id: slug}, headers={"Vary": "Accept"})
 
     async def info() -> dict[str, Any]:
         apis = list(bundle.apis)
@@ -245,17 +255,19 @@ def _add_error_handling(app: FastAPI) -> None:
 
 def build_app(bundle_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
     """A FastAPI app serving the bundle at ``bundle_dir``; generated apps add their API routes."""
-    bundle = load_bundle(bundle_dir)
     settings = settings or ServeSettings.from_env()
+    bundle = load_bundle(bundle_dir, state_dir=settings.state_dir)
     card = bundle.card
     title = str(card.get("Title") or bundle.manifest.model_id)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        make_state_dir(bundle)
         store = open_store(bundle, settings)
         cache = ResultCache.for_bundle(store, bundle, settings)
         service = ModelService(bundle, settings, cache=cache)
         app.state.service = service
+        service.on_prediction = app.state.metrics.observe_prediction
         await service.start()
         app.state.jobs = jobs = JobManager(store, service, settings)
         try:
@@ -276,7 +288,9 @@ def build_app(bundle_dir: Path, settings: ServeSettings | None = None) -> FastAP
     )
     app.state.bundle = bundle
     app.state.settings = settings
-    add_api_keys(app, settings.api_key)  # innermost: refusals still get CORS and a request id
+    public = ["/metrics"] if settings.public_metrics else []
+    # innermost: refusals still get CORS and a request id
+    add_api_keys(app, settings.api_key, also_public=public)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -285,7 +299,9 @@ def build_app(bundle_dir: Path, settings: ServeSettings | None = None) -> FastAP
             allow_headers=["*"],
         )
     _add_error_handling(app)
+    metrics.add_metrics(app)  # outermost: it sees every answer, refusals too
     _add_shared_routes(app, bundle)
     _add_docs(app, title)
+    ui.add_ui(app, bundle, settings)
     app.include_router(job_routes.job_router(bundle))
     return app

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI
@@ -23,6 +24,9 @@ logger = logging.getLogger("ersilia_pack.runtime")
 
 PUBLIC_PATHS = frozenset(
     {"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    # The page for people is static and tells only whether a key is needed; the data it shows
+    # comes from the routes behind the key.
+    | {"/ui", "/ui/config"}
 )
 PUBLIC_PREFIXES = ("/static/",)
 SCHEME_NAME = "bearerAuth"
@@ -40,9 +44,9 @@ def principal_of(key: str) -> str:
     return hashlib.sha256(b"ersilia-pack principal\0" + key.encode()).hexdigest()[:16]
 
 
-def is_public(path: str) -> bool:
-    """Routes anyone may call: the root, health checks and the docs."""
-    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+def is_public(path: str, also: frozenset[str] = frozenset()) -> bool:
+    """Routes anyone may call: the root, health checks, the docs and the page, and ``also``."""
+    return path in PUBLIC_PATHS or path in also or path.startswith(PUBLIC_PREFIXES)
 
 
 def _route_path(scope: Scope) -> str:
@@ -67,8 +71,11 @@ def _bearer_token(scope: Scope) -> bytes | None:
 class ApiKeyMiddleware:
     """Pure ASGI middleware: check the bearer key, set ``state["principal"]``, or answer 401."""
 
-    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: list[str], also_public: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
+        self._also_public = also_public
         # Keys are kept as digests: comparing digests of equal length takes the same time
         # whatever the key's length, and no plain key stays in this object.
         self._keys = [(hashlib.sha256(key.encode()).digest(), principal_of(key)) for key in keys]
@@ -93,7 +100,7 @@ class ApiKeyMiddleware:
         token = _bearer_token(scope)
         principal = self._principal(token) if token is not None else None
         path = _route_path(scope)
-        if principal is None and not is_public(path):
+        if principal is None and not is_public(path, self._also_public):
             await self._refuse(scope, send, state, missing=token is None)
             return
         state["principal"] = principal or ANONYMOUS
@@ -133,7 +140,7 @@ class ApiKeyMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def _document(app: FastAPI) -> None:
+def _document(app: FastAPI, also_public: frozenset[str]) -> None:
     """Declare the bearer scheme in OpenAPI, on every operation that needs it."""
     build = app.openapi
 
@@ -148,7 +155,7 @@ def _document(app: FastAPI) -> None:
             "description": "one of the keys given to ersilia_serve with --api-key",
         }
         for path, operations in schema.get("paths", {}).items():
-            if is_public(path):
+            if is_public(path, also_public):
                 continue
             for operation in operations.values():
                 if isinstance(operation, dict) and "responses" in operation:
@@ -165,13 +172,17 @@ def _document(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def add_api_keys(app: FastAPI, api_key: str | None) -> None:
+def add_api_keys(app: FastAPI, api_key: str | None, *, also_public: Iterable[str] = ()) -> None:
     """Install the key check on ``app``; with no key, callers are anonymous and all is open.
+
+    ``also_public`` names routes open to anyone beside the usual public ones (``/metrics``
+    with ``--public-metrics``).
 
     Add it before CORS and the request-id middleware, so that those stay outside it: a
     refused request still gets its request id and its CORS headers.
     """
     keys = parse_keys(api_key)
-    app.add_middleware(ApiKeyMiddleware, keys=keys)
+    public = frozenset(also_public)
+    app.add_middleware(ApiKeyMiddleware, keys=keys, also_public=public)
     if keys:
-        _document(app)
+        _document(app, public)

@@ -1,9 +1,18 @@
 """Jobs: big runs that need no open connection and survive restarts.
 
-A job's inputs are split in chunks when it is submitted. The replica that holds the job's lease
-runs the chunks through the same engine as ``POST /<api>`` (as background work, so interactive
-requests go first) and records each finished chunk at once. A restarted server, or another
-replica when the job's replica died, takes the lease and runs only the chunks not yet recorded.
+A job's inputs are split in chunks and queued when it is submitted. Every replica serving the
+model claims queued chunks one at a time while it has a free lane (as many lanes as the engine
+gives background work), runs each through the same engine as ``POST /<api>`` (as background
+work, so interactive requests go first) and records its result at once; the job is done when
+its last chunk is recorded. A replica renews the claims it holds while it computes them. The
+chunks of a replica that died are taken over by another one (or by the same server, restarted):
+at once when it ran on this host, else when its claims have not been renewed for
+``job_claim_seconds``.
+
+A chunk the model fails on (``PredictionError``: a timeout, or a model that failed even on its
+example input) is tried again a few times with a growing pause. If it keeps failing while the
+model still answers its example input, the chunk's rows are null with the reason; if the model
+no longer answers, the job fails.
 """
 
 from __future__ import annotations
@@ -17,12 +26,15 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from ersilia_pack.runtime.engine.service import ModelService, PredictionError
+from ersilia_pack.runtime.engine.service import ModelService, Prediction, PredictionError
 from ersilia_pack.runtime.settings import ServeSettings
 from ersilia_pack.runtime.state.store import (
-    DONE,
+    ACTIVE_STATES,
     FAILED,
+    FINISHED,
     QUEUED,
+    STOPPED,
+    ChunkClaim,
     ChunkResult,
     JobRecord,
     Store,
@@ -30,10 +42,11 @@ from ersilia_pack.runtime.state.store import (
 
 logger = logging.getLogger("ersilia_pack.runtime")
 
-LEASE_SECONDS = 30.0
 POLL_SECONDS = 2.0
+# Longest wait for new chunks in one call to a store that can wait (Redis); shutdown waits it.
+BLOCK_SECONDS = 1.0
 PURGE_SECONDS = 3600.0
-MAX_ACTIVE_JOBS = 4
+RETRY_SECONDS = 0.5
 
 
 def host_key() -> str:
@@ -46,10 +59,10 @@ def host_key() -> str:
 
 
 def holder_is_dead(holder: str) -> bool:
-    """Whether a lease holder is a process of this host that no longer exists.
+    """Whether a claim holder is a process of this host that no longer exists.
 
     Holders are ``<host key>/<pid>/<nonce>``. A holder elsewhere, or a live process, counts as
-    alive: only its lease running out frees its jobs.
+    alive: only its claims going unrenewed free its chunks.
     """
     host, _, rest = holder.partition("/")
     pid_text = rest.partition("/")[0]
@@ -65,11 +78,11 @@ def holder_is_dead(holder: str) -> bool:
 
 
 class JobGone(Exception):
-    """The job was cancelled or removed while it ran."""
+    """The job was cancelled, failed elsewhere, or was removed while a chunk of it ran."""
 
 
 class JobManager:
-    """Submits, runs, resumes, cancels and expires the jobs of one served bundle."""
+    """Submits, runs, cancels and expires the jobs of one served bundle, chunk by chunk."""
 
     def __init__(
         self,
@@ -77,42 +90,52 @@ class JobManager:
         service: ModelService,
         settings: ServeSettings,
         *,
-        lease_seconds: float = LEASE_SECONDS,
         poll_seconds: float = POLL_SECONDS,
-        max_active: int = MAX_ACTIVE_JOBS,
+        retry_seconds: float = RETRY_SECONDS,
     ) -> None:
         self.store = store
         self.service = service
         self.settings = settings
-        self.lease_seconds = lease_seconds
-        self.poll_seconds = poll_seconds
-        self.max_active = max_active
+        self.claim_seconds = settings.job_claim_seconds
+        # Renewed well before anyone may take a claim over.
+        self.poll_seconds = min(poll_seconds, self.claim_seconds / 3)
+        self.retries = settings.job_chunk_retries
+        self.retry_seconds = retry_seconds
+        self.lanes = max(service.background_slots(api) for api in service.bundle.apis)
         self.holder = f"{host_key()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self.model_hash = service.bundle.manifest.model_hash
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._inflight: dict[ChunkClaim, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._stopping = False
+        self._claimer: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._last_purge = 0.0
 
     async def start(self) -> None:
-        """Expire old jobs, resume unfinished ones, then keep watching for jobs to run."""
+        """Expire old jobs, then keep claiming chunks to run and renewing the claims held."""
         await self._purge()
-        await self._scan()
+        self._claimer = asyncio.create_task(self._claim_forever())
         self._ticker = asyncio.create_task(self._tick_forever())
 
     async def stop(self) -> None:
-        """Stop running jobs and give their leases up, so a restart resumes them at once."""
+        """Stop the chunks in flight and give their claims up, so others take them at once."""
+        self._stopping = True
+        self._wake.set()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        tasks = dict(self._running)
+        if self._claimer is not None:
+            # Not cancelled: a claim it is receiving must land in _inflight to be released.
+            with contextlib.suppress(Exception):
+                await self._claimer
+        tasks = dict(self._inflight)
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
-        for job_id in tasks:
+        if tasks:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.store.release, job_id, self.holder)
+                await asyncio.to_thread(self.store.release, list(tasks), self.holder)
 
     # what the routes call
 
@@ -126,7 +149,7 @@ class JobManager:
         save_cache: bool = True,
         cache_only: bool = False,
     ) -> JobRecord:
-        """Keep a new job and wake the runner; the job's record as submitted."""
+        """Keep a new job, queue its chunks and wake the claimer; the job as submitted."""
         size = self.settings.job_chunk_size
         chunks = [inputs[start : start + size] for start in range(0, len(inputs), size)]
         now = time.time()
@@ -158,13 +181,15 @@ class JobManager:
         return job if job is not None and job.owner == owner else None
 
     async def cancel(self, job_id: str, *, owner: str) -> str | None:
-        """Cancel an unfinished job or remove a finished one; the outcome, or None if unknown."""
+        """Cancel an unfinished job or remove a finished one; the outcome, or None if unknown.
+
+        Chunks of the job in flight here stop at once; other replicas stop theirs when they
+        next renew their claims.
+        """
         if await self.get(job_id, owner=owner) is None:
             return None
         outcome = await asyncio.to_thread(self.store.cancel, job_id)
-        task = self._running.get(job_id)
-        if task is not None:
-            task.cancel()
+        self._stop_chunks_of(job_id)
         return outcome
 
     def result_chunks(self, job: JobRecord) -> Iterator[tuple[int, list[str], ChunkResult]]:
@@ -176,21 +201,80 @@ class JobManager:
                 raise JobGone(f"job {job.id} lost chunk {chunk}: it was cancelled or expired")
             yield chunk * job.chunk_size, inputs, result
 
-    # running jobs
+    # claiming chunks
+
+    async def _wait(self, seconds: float) -> None:
+        if seconds > 0 and not self._stopping:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def _claim_forever(self) -> None:
+        next_takeover = 0.0
+        while not self._stopping:
+            free = self.lanes - len(self._inflight)
+            if free <= 0:
+                await self._wait(self.poll_seconds)  # a chunk ending sets _wake
+                continue
+            try:
+                claims: list[ChunkClaim] = []
+                if time.monotonic() >= next_takeover:
+                    next_takeover = time.monotonic() + self.poll_seconds
+                    claims = await asyncio.to_thread(
+                        self.store.take_over,
+                        self.model_hash,
+                        self.holder,
+                        free,
+                        idle=self.claim_seconds,
+                        is_dead=holder_is_dead,
+                    )
+                    for claim in claims:
+                        logger.info("job %s: chunk %d taken over", claim.job_id, claim.chunk)
+                if not claims:
+                    started = time.monotonic()
+                    claims = await asyncio.to_thread(
+                        self.store.claim_chunks,
+                        self.model_hash,
+                        self.holder,
+                        free,
+                        block=BLOCK_SECONDS,
+                    )
+                    if not claims:  # a store that cannot wait for work answered at once
+                        await self._wait(BLOCK_SECONDS - (time.monotonic() - started))
+            except Exception:
+                # A store that is briefly unreachable must not stop the claimer for good.
+                logger.exception("looking for chunks to run failed; trying again shortly")
+                await self._wait(self.poll_seconds)
+                continue
+            for claim in claims:
+                if claim not in self._inflight:
+                    self._inflight[claim] = asyncio.create_task(self._run(claim))
 
     async def _tick_forever(self) -> None:
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
-            self._wake.clear()
+            await asyncio.sleep(self.poll_seconds)
             try:
                 await self._renew()
                 if time.monotonic() - self._last_purge > PURGE_SECONDS:
                     await self._purge()
-                await self._scan()
             except Exception:
-                # A store that is briefly unreachable must not stop the runner for good.
-                logger.exception("looking for jobs to run failed; trying again shortly")
+                logger.exception("renewing chunk claims failed; trying again shortly")
+
+    async def _renew(self) -> None:
+        claims = list(self._inflight)
+        if not claims:
+            return
+        kept = await asyncio.to_thread(self.store.renew, claims, self.holder)
+        for claim, ok in zip(claims, kept):
+            task = self._inflight.get(claim)
+            if not ok and task is not None:
+                logger.info(
+                    "job %s: chunk %d stopped: the job was cancelled or failed, or the chunk "
+                    "was taken over",
+                    claim.job_id,
+                    claim.chunk,
+                )
+                task.cancel()
 
     async def _purge(self) -> None:
         self._last_purge = time.monotonic()
@@ -199,109 +283,123 @@ class JobManager:
         if removed:
             logger.info("removed %d jobs older than %g hours", removed, self.settings.job_ttl_hours)
 
-    async def _renew(self) -> None:
-        until = time.time() + self.lease_seconds
-        for job_id, task in list(self._running.items()):
-            if not await asyncio.to_thread(self.store.renew, job_id, self.holder, until):
-                logger.warning("job %s: lease lost (cancelled, or taken over); stopping", job_id)
+    def _stop_chunks_of(self, job_id: str) -> None:
+        for claim, task in list(self._inflight.items()):
+            if claim.job_id == job_id:
                 task.cancel()
 
-    async def _scan(self) -> None:
-        """Take jobs nobody runs (new, or left by a replica that stopped or died)."""
-        if len(self._running) >= self.max_active:
-            return
-        for candidate in await asyncio.to_thread(
-            self.store.candidates, self.model_hash, time.time()
-        ):
-            if len(self._running) >= self.max_active:
-                return
-            if candidate.job_id in self._running:
-                continue
-            holder = candidate.holder
-            if holder is not None and holder != self.holder and not holder_is_dead(holder):
-                continue
-            until = time.time() + self.lease_seconds
-            claimed = await asyncio.to_thread(
-                self.store.claim, candidate.job_id, self.holder, until, takeover=holder
-            )
-            if claimed:
-                if holder is not None:
-                    logger.info("job %s: taken over from %s", candidate.job_id, holder)
-                task = asyncio.create_task(self._run(candidate.job_id))
-                self._running[candidate.job_id] = task
+    # running chunks
 
-    async def _run(self, job_id: str) -> None:
+    async def _run(self, claim: ChunkClaim) -> None:
         try:
-            await self._run_chunks(job_id)
+            await self._run_chunk(claim)
         except JobGone:
-            logger.info("job %s was cancelled", job_id)
+            logger.info("job %s: chunk %d dropped: the job is no longer running", *_at(claim))
         except asyncio.CancelledError:
             raise
-        except PredictionError as error:
-            logger.warning("job %s failed: %s", job_id, error.detail)
-            await self._fail(job_id, error.detail)
         except Exception as error:
-            logger.exception("job %s failed", job_id)
-            await self._fail(job_id, f"internal error ({type(error).__name__}); see the server log")
+            logger.exception("job %s: chunk %d failed", *_at(claim))
+            await self._fail(
+                claim.job_id, f"internal error ({type(error).__name__}); see the server log"
+            )
         finally:
-            self._running.pop(job_id, None)
+            self._inflight.pop(claim, None)
             self._wake.set()
 
     async def _fail(self, job_id: str, detail: str) -> None:
         try:
             await asyncio.to_thread(self.store.finish, job_id, FAILED, detail)
         except Exception:
-            # The lease runs out and the job is retried: better than losing it.
+            # The claim goes unrenewed and the chunk is taken over: better than losing it.
             logger.exception("job %s: could not record its failure", job_id)
+        self._stop_chunks_of(job_id)
 
-    async def _run_chunks(self, job_id: str) -> None:
-        job = await asyncio.to_thread(self.store.get_job, job_id)
-        if job is None:
-            raise JobGone(job_id)
-        if job.api not in self.service.engines:
-            raise PredictionError(422, f"{job.api!r} is not an API of this model")
-        finished = await asyncio.to_thread(self.store.finished_chunks, job_id)
-        todo = iter([chunk for chunk in range(job.chunks) if chunk not in finished])
-        if finished:
-            logger.info("job %s: resuming, %d of %d chunks done", job_id, len(finished), job.chunks)
+    async def _drop(self, claim: ChunkClaim) -> None:
+        """End the claim on a chunk of a job that stopped (renewing it drops it)."""
+        await asyncio.to_thread(self.store.renew, [claim], self.holder)
+        raise JobGone(claim.job_id)
 
-        async def work() -> None:
-            for chunk in todo:  # one iterator shared by the workers: each chunk runs once
-                await self._run_chunk(job, chunk)
-
-        # A few chunks in flight keep every background slot of the engine busy.
-        workers = [asyncio.create_task(work()) for _ in range(max(1, self.settings.workers))]
-        try:
-            await asyncio.gather(*workers)
-        finally:
-            for worker in workers:
-                worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-        if await asyncio.to_thread(self.store.finish, job_id, DONE):
-            logger.info("job %s done", job_id)
-
-    async def _run_chunk(self, job: JobRecord, chunk: int) -> None:
-        inputs = await asyncio.to_thread(self.store.chunk_inputs, job.id, chunk)
+    async def _run_chunk(self, claim: ChunkClaim) -> None:
+        job = await asyncio.to_thread(self.store.get_job, claim.job_id)
+        if job is None or job.state not in ACTIVE_STATES:
+            await self._drop(claim)
+            return
+        if not self.service.has_api(job.api):
+            await self._fail(job.id, f"{job.api!r} is not an API of this model")
+            return
+        inputs = await asyncio.to_thread(self.store.chunk_inputs, job.id, claim.chunk)
         if inputs is None:
-            raise JobGone(job.id)
-        options = job.options
-        prediction = await self.service.predict(
-            job.api,
-            inputs,
-            fetch_cache=options.get("fetch_cache", True),
-            save_cache=options.get("save_cache", True),
-            cache_only=options.get("cache_only", False),
-            background=True,
-        )
-        computed = 0 if options.get("cache_only") else len(inputs) - prediction.cached
-        result = ChunkResult(prediction.rows, prediction.errors)
-        saved = await asyncio.to_thread(
+            await self._drop(claim)
+            return
+        prediction = await self._predict(job, claim, inputs)
+        if prediction is None:
+            return
+        computed = 0 if job.options.get("cache_only") else len(inputs) - prediction.cached
+        outcome = await asyncio.to_thread(
             self.store.save_chunk,
-            job.id,
-            chunk,
-            result,
+            claim,
+            ChunkResult(prediction.rows, prediction.errors),
             computed=computed,
             cached=prediction.cached,
         )
-        if not saved:
+        if outcome == STOPPED:
             raise JobGone(job.id)
+        if outcome == FINISHED:
+            logger.info("job %s done", job.id)
+
+    async def _predict(
+        self, job: JobRecord, claim: ChunkClaim, inputs: list[str]
+    ) -> Prediction | None:
+        """The chunk's rows, tried again when the model fails; None when the job failed."""
+        options = job.options
+        for attempt in range(self.retries + 1):
+            try:
+                return await self.service.predict(
+                    job.api,
+                    inputs,
+                    fetch_cache=options.get("fetch_cache", True),
+                    save_cache=options.get("save_cache", True),
+                    cache_only=options.get("cache_only", False),
+                    background=True,
+                )
+            except PredictionError as error:
+                failure = error
+            if attempt < self.retries:
+                pause = self.retry_seconds * 2**attempt
+                logger.warning(
+                    "job %s: chunk %d failed (%s); trying again in %g s",
+                    *_at(claim),
+                    failure.detail,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+        if await self._model_answers(job.api):
+            logger.warning(
+                "job %s: chunk %d failed %d times while the model answers its example input; "
+                "its rows are null: %s",
+                *_at(claim),
+                self.retries + 1,
+                failure.detail,
+            )
+            errors = dict.fromkeys(range(len(inputs)), failure.detail)
+            return Prediction(rows=[None] * len(inputs), errors=errors)
+        logger.warning("job %s failed: %s", job.id, failure.detail)
+        await self._fail(job.id, failure.detail)
+        return None
+
+    async def _model_answers(self, api: str) -> bool:
+        """Whether the model still gives a row for its own example input."""
+        example = self.service.bundle.apis[api].example_input
+        if not example:
+            return False
+        try:
+            probe = await self.service.predict(
+                api, example[:1], fetch_cache=False, save_cache=False, background=True
+            )
+        except PredictionError:
+            return False
+        return any(row is not None for row in probe.rows)
+
+
+def _at(claim: ChunkClaim) -> tuple[str, int]:
+    return claim.job_id, claim.chunk

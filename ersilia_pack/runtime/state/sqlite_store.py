@@ -1,7 +1,9 @@
 """Jobs and the result cache in an embedded SQLite file: ``<bundle>/state/state.db``.
 
 WAL mode, so readers never wait for the writer; every change is one short transaction, so a
-crash (even ``kill -9``) loses at most the chunk that was being computed.
+crash (even ``kill -9``) loses at most the chunks that were being computed. Unfinished chunks
+wait in ``job_queue``, each with the holder of its claim (if any) and when it was last renewed.
+(The ``holder`` and ``lease_until`` columns of ``jobs`` are left from schema 1 and unused.)
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ersilia_pack.errors import ServeError
@@ -20,13 +22,18 @@ from ersilia_pack.runtime.settings import ServeSettings
 from ersilia_pack.runtime.state.store import (
     ACTIVE_STATES,
     CANCELLED,
+    DONE,
+    FINISHED,
+    QUEUED,
     RUNNING,
-    Candidate,
+    SAVED,
+    STOPPED,
+    ChunkClaim,
     ChunkResult,
     JobRecord,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -63,6 +70,14 @@ CREATE TABLE IF NOT EXISTS job_chunks (
     result TEXT NOT NULL,
     PRIMARY KEY (job_id, chunk)
 );
+CREATE TABLE IF NOT EXISTS job_queue (
+    job_id TEXT NOT NULL,
+    chunk INTEGER NOT NULL,
+    holder TEXT,
+    renewed REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, chunk)
+);
+CREATE INDEX IF NOT EXISTS job_queue_by_holder ON job_queue (holder, renewed);
 CREATE TABLE IF NOT EXISTS cache (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key BLOB NOT NULL UNIQUE,
@@ -73,6 +88,13 @@ _JOB_COLUMNS = (
     "id, api, owner, model_hash, state, total, chunk_size, chunks, options, created, updated, "
     "done, nulls, computed, cached, chunks_processed, error"
 )
+# Schema 1 kept no queue: its unfinished jobs get theirs from the chunks they have not recorded.
+_QUEUE_UNRECORDED = """
+INSERT OR IGNORE INTO job_queue (job_id, chunk)
+SELECT i.job_id, i.chunk FROM job_inputs i JOIN jobs j ON j.id = i.job_id
+WHERE j.state IN ('queued', 'running')
+AND NOT EXISTS (SELECT 1 FROM job_chunks c WHERE c.job_id = i.job_id AND c.chunk = i.chunk)
+"""
 # Comfortably under SQLite's limit on the number of ? in one statement.
 _KEYS_PER_QUERY = 500
 
@@ -99,6 +121,8 @@ class SqliteStore:
                 )
             # executescript commits on its own; every statement in it is idempotent.
             self._db.executescript(_SCHEMA)
+            if version < SCHEMA_VERSION:
+                self._db.execute(_QUEUE_UNRECORDED)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as error:
             raise ServeError(f"cannot open the job database {path}: {error}") from error
@@ -154,6 +178,18 @@ class SqliteStore:
                 "INSERT INTO job_inputs (job_id, chunk, inputs) VALUES (?, ?, ?)",
                 ((job.id, i, json.dumps(inputs)) for i, inputs in enumerate(chunks)),
             )
+            db.executemany(
+                "INSERT INTO job_queue (job_id, chunk) VALUES (?, ?)",
+                ((job.id, i) for i in range(len(chunks))),
+            )
+
+    def count_jobs(self, model_hash: str) -> dict[str, int]:
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT state, COUNT(*) FROM jobs WHERE model_hash = ? GROUP BY state",
+                (model_hash,),
+            ).fetchall()
+        return {str(state): int(count) for state, count in rows}
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._reading() as db:
@@ -165,42 +201,78 @@ class SqliteStore:
         values["options"] = json.loads(values["options"])
         return JobRecord(**values)
 
-    def candidates(self, model_hash: str, now: float) -> list[Candidate]:
-        with self._reading() as db:
-            rows = db.execute(
-                "SELECT id, holder, lease_until FROM jobs WHERE state IN (?, ?) "
-                "AND model_hash = ? ORDER BY created",
-                (*ACTIVE_STATES, model_hash),
-            ).fetchall()
-        return [
-            Candidate(job_id, holder if holder and until >= now else None)
-            for job_id, holder, until in rows
-        ]
+    def _claim(
+        self, db: sqlite3.Connection, rows: list[tuple[str, int]], holder: str
+    ) -> list[ChunkClaim]:
+        now = time.time()
+        db.executemany(
+            "UPDATE job_queue SET holder = ?, renewed = ? WHERE job_id = ? AND chunk = ?",
+            ((holder, now, job_id, chunk) for job_id, chunk in rows),
+        )
+        db.executemany(
+            "UPDATE jobs SET state = ?, updated = ? WHERE id = ? AND state = ?",
+            ((RUNNING, now, job_id, QUEUED) for job_id in {job_id for job_id, _ in rows}),
+        )
+        return [ChunkClaim(job_id, chunk) for job_id, chunk in rows]
 
-    def claim(self, job_id: str, holder: str, until: float, *, takeover: str | None) -> bool:
+    def claim_chunks(
+        self, model_hash: str, holder: str, count: int, *, block: float
+    ) -> list[ChunkClaim]:
+        # SQLite cannot wait for work: the caller waits (``block`` is for stores that can).
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT q.job_id, q.chunk FROM job_queue q JOIN jobs j ON j.id = q.job_id "
+                "WHERE q.holder IS NULL AND j.model_hash = ? AND j.state IN (?, ?) "
+                "ORDER BY j.created, q.job_id, q.chunk LIMIT ?",
+                (model_hash, *ACTIVE_STATES, count),
+            ).fetchall()
+            return self._claim(db, rows, holder)
+
+    def take_over(
+        self,
+        model_hash: str,
+        holder: str,
+        count: int,
+        *,
+        idle: float,
+        is_dead: Callable[[str], bool],
+    ) -> list[ChunkClaim]:
         now = time.time()
         with self._transaction() as db:
-            cursor = db.execute(
-                "UPDATE jobs SET holder = ?, lease_until = ?, state = ?, updated = ? "
-                "WHERE id = ? AND state IN (?, ?) "
-                "AND (holder IS NULL OR lease_until < ? OR holder = ?)",
-                (holder, until, RUNNING, now, job_id, *ACTIVE_STATES, now, takeover),
-            )
-            return cursor.rowcount == 1
+            holders = db.execute(
+                "SELECT DISTINCT holder FROM job_queue WHERE holder IS NOT NULL AND holder != ?",
+                (holder,),
+            ).fetchall()
+            dead = [name for (name,) in holders if is_dead(name)]
+            rows = db.execute(
+                "SELECT q.job_id, q.chunk FROM job_queue q JOIN jobs j ON j.id = q.job_id "
+                "WHERE q.holder IS NOT NULL AND q.holder != ? AND j.model_hash = ? "
+                "AND j.state IN (?, ?) "
+                f"AND (q.renewed < ? OR q.holder IN ({', '.join('?' * len(dead))})) "
+                "ORDER BY j.created, q.job_id, q.chunk LIMIT ?",
+                (holder, model_hash, *ACTIVE_STATES, now - idle, *dead, count),
+            ).fetchall()
+            return self._claim(db, rows, holder)
 
-    def renew(self, job_id: str, holder: str, until: float) -> bool:
+    def renew(self, claims: list[ChunkClaim], holder: str) -> list[bool]:
+        now = time.time()
         with self._transaction() as db:
-            cursor = db.execute(
-                "UPDATE jobs SET lease_until = ? WHERE id = ? AND holder = ? AND state = ?",
-                (until, job_id, holder, RUNNING),
-            )
-            return cursor.rowcount == 1
+            return [
+                db.execute(
+                    "UPDATE job_queue SET renewed = ? "
+                    "WHERE job_id = ? AND chunk = ? AND holder = ?",
+                    (now, claim.job_id, claim.chunk, holder),
+                ).rowcount
+                == 1
+                for claim in claims
+            ]
 
-    def release(self, job_id: str, holder: str) -> None:
+    def release(self, claims: list[ChunkClaim], holder: str) -> None:
         with self._transaction() as db:
-            db.execute(
-                "UPDATE jobs SET holder = NULL, lease_until = 0 WHERE id = ? AND holder = ?",
-                (job_id, holder),
+            db.executemany(
+                "UPDATE job_queue SET holder = NULL, renewed = 0 "
+                "WHERE job_id = ? AND chunk = ? AND holder = ?",
+                ((claim.job_id, claim.chunk, holder) for claim in claims),
             )
 
     def chunk_inputs(self, job_id: str, chunk: int) -> list[str] | None:
@@ -216,16 +288,18 @@ class SqliteStore:
             return {chunk for (chunk,) in rows}
 
     def save_chunk(
-        self, job_id: str, chunk: int, result: ChunkResult, *, computed: int, cached: int
-    ) -> bool:
+        self, claim: ChunkClaim, result: ChunkResult, *, computed: int, cached: int
+    ) -> str:
+        job_id, chunk = claim.job_id, claim.chunk
         with self._transaction() as db:
-            state = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if state is None or state[0] != RUNNING:
-                return False
+            row = db.execute("SELECT state, chunks FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row[0] not in ACTIVE_STATES:
+                return STOPPED
             new = db.execute(
                 "INSERT OR IGNORE INTO job_chunks (job_id, chunk, result) VALUES (?, ?, ?)",
                 (job_id, chunk, result.dumps()),
             ).rowcount
+            db.execute("DELETE FROM job_queue WHERE job_id = ? AND chunk = ?", (job_id, chunk))
             rows, nulls = (len(result.rows), result.nulls) if new else (0, 0)
             db.execute(
                 "UPDATE jobs SET done = done + ?, nulls = nulls + ?, computed = computed + ?, "
@@ -233,7 +307,13 @@ class SqliteStore:
                 "WHERE id = ?",
                 (rows, nulls, computed, cached, time.time(), job_id),
             )
-            return True
+            (recorded,) = db.execute(
+                "SELECT count(*) FROM job_chunks WHERE job_id = ?", (job_id,)
+            ).fetchone()
+            if recorded < row[1]:
+                return SAVED
+            db.execute("UPDATE jobs SET state = ? WHERE id = ?", (DONE, job_id))
+            return FINISHED
 
     def read_chunk(self, job_id: str, chunk: int) -> ChunkResult | None:
         with self._reading() as db:
@@ -245,10 +325,11 @@ class SqliteStore:
     def finish(self, job_id: str, state: str, error: str | None = None) -> bool:
         with self._transaction() as db:
             cursor = db.execute(
-                "UPDATE jobs SET state = ?, error = ?, holder = NULL, lease_until = 0, "
-                "updated = ? WHERE id = ? AND state = ?",
-                (state, error, time.time(), job_id, RUNNING),
+                "UPDATE jobs SET state = ?, error = ?, updated = ? "
+                "WHERE id = ? AND state IN (?, ?)",
+                (state, error, time.time(), job_id, *ACTIVE_STATES),
             )
+            db.execute("DELETE FROM job_queue WHERE job_id = ?", (job_id,))
             return cursor.rowcount == 1
 
     def cancel(self, job_id: str) -> str | None:
@@ -258,10 +339,10 @@ class SqliteStore:
                 return None
             db.execute("DELETE FROM job_inputs WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM job_chunks WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM job_queue WHERE job_id = ?", (job_id,))
             if row[0] in ACTIVE_STATES:
                 db.execute(
-                    "UPDATE jobs SET state = ?, holder = NULL, lease_until = 0, updated = ? "
-                    "WHERE id = ?",
+                    "UPDATE jobs SET state = ?, updated = ? WHERE id = ?",
                     (CANCELLED, time.time(), job_id),
                 )
                 return CANCELLED
@@ -278,6 +359,7 @@ class SqliteStore:
             ]
             db.executemany("DELETE FROM job_inputs WHERE job_id = ?", ids)
             db.executemany("DELETE FROM job_chunks WHERE job_id = ?", ids)
+            db.executemany("DELETE FROM job_queue WHERE job_id = ?", ids)
             db.executemany("DELETE FROM jobs WHERE id = ?", ids)
             return len(ids)
 

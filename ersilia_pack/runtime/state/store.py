@@ -1,15 +1,16 @@
 """Where jobs and the result cache are kept: one interface, one module per implementation.
 
-SQLite (``store_sqlite.py``, a file in the bundle's state folder) is the default: it survives
-restarts and needs no server. Redis (``store_redis.py``) is picked when a Redis URL is set, so
-several replicas of one model share jobs and cache. Both are synchronous; the async callers run
-them with ``asyncio.to_thread``.
+SQLite (``sqlite_store.py``, a file in the bundle's state folder) is the default: it survives
+restarts and needs no server. Redis (``redis_store.py``) is picked when a Redis URL is set, so
+several replicas of one model share jobs, the chunks of each job, and the cache. Both are
+synchronous; the async callers run them with ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -100,55 +101,81 @@ class ChunkResult:
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """A queued or running job this replica may run; ``holder`` is its live lease, if any."""
+class ChunkClaim:
+    """One chunk of a job, claimed by one replica; ``ticket`` is the store's own handle on it."""
 
     job_id: str
-    holder: str | None
+    chunk: int
+    ticket: str = ""
+
+
+SAVED, FINISHED, STOPPED = "saved", "finished", "stopped"
 
 
 class Store(Protocol):
-    """Jobs, their chunks and leases, and the result cache."""
+    """Jobs, the claims replicas hold on their chunks, and the result cache.
+
+    A job's chunks are queued when it is kept. A replica claims chunks one at a time while it
+    has a free lane, renews its claims while it computes them and records each result once;
+    a claim not renewed in time, or held by a process known to be dead, is taken over.
+    """
 
     def create_job(self, job: JobRecord, chunks: list[list[str]]) -> None:
-        """Keep a new job and its inputs, split in chunks."""
+        """Keep a new job and its inputs, split in chunks, and queue every chunk."""
 
     def get_job(self, job_id: str) -> JobRecord | None: ...
 
-    def candidates(self, model_hash: str, now: float) -> list[Candidate]:
-        """Queued and running jobs of this model, oldest first."""
+    def count_jobs(self, model_hash: str) -> dict[str, int]:
+        """How many jobs of the model are in each state (every replica's)."""
+        ...
 
-    def claim(self, job_id: str, holder: str, until: float, *, takeover: str | None) -> bool:
-        """Take the lease of a queued or running job and mark it running.
+    def claim_chunks(
+        self, model_hash: str, holder: str, count: int, *, block: float
+    ) -> list[ChunkClaim]:
+        """Claim up to ``count`` queued chunks of this model's unfinished jobs, oldest first,
+        and mark their jobs running. A store that can wait for work (Redis) waits up to
+        ``block`` seconds when there is none; the others answer at once."""
 
-        Succeeds when the job has no live lease, or when its holder is ``takeover`` (a holder
-        known to be dead).
-        """
+    def take_over(
+        self,
+        model_hash: str,
+        holder: str,
+        count: int,
+        *,
+        idle: float,
+        is_dead: Callable[[str], bool],
+    ) -> list[ChunkClaim]:
+        """Claim up to ``count`` chunks of other holders: those of a holder ``is_dead`` says is
+        gone, and those whose claim was not renewed for ``idle`` seconds."""
 
-    def renew(self, job_id: str, holder: str, until: float) -> bool:
-        """Extend a lease still held by ``holder`` on a running job."""
+    def renew(self, claims: list[ChunkClaim], holder: str) -> list[bool]:
+        """Keep claims alive; False for a claim ``holder`` lost (taken over, or its job is no
+        longer running, in which case the claim is dropped)."""
 
-    def release(self, job_id: str, holder: str) -> None:
-        """Give a lease up so another replica, or a restart, can take the job at once."""
+    def release(self, claims: list[ChunkClaim], holder: str) -> None:
+        """Give claims up so that any replica takes them at once."""
 
     def chunk_inputs(self, job_id: str, chunk: int) -> list[str] | None: ...
 
     def finished_chunks(self, job_id: str) -> set[int]: ...
 
     def save_chunk(
-        self, job_id: str, chunk: int, result: ChunkResult, *, computed: int, cached: int
-    ) -> bool:
-        """Record a finished chunk once (a second save of it changes no rows); False when the
-        job is no longer running (cancelled, removed)."""
+        self, claim: ChunkClaim, result: ChunkResult, *, computed: int, cached: int
+    ) -> str:
+        """Record a chunk's result once (a second save of it changes no rows) and end its claim.
+
+        ``saved``; ``finished`` when it was the job's last chunk (the job is now done); or
+        ``stopped`` when the job is no longer running (cancelled, failed, removed).
+        """
 
     def read_chunk(self, job_id: str, chunk: int) -> ChunkResult | None: ...
 
     def finish(self, job_id: str, state: str, error: str | None = None) -> bool:
-        """Move a running job to ``done`` or ``failed`` and drop its lease."""
+        """Move an unfinished job to ``failed`` (or ``done``) and drop its queued chunks."""
 
     def cancel(self, job_id: str) -> str | None:
-        """Cancel an unfinished job (its inputs and rows are removed, its record stays as
-        ``cancelled``) or remove a finished one; the new state, ``deleted``, or None."""
+        """Cancel an unfinished job (its inputs, rows and queued chunks are removed, its record
+        stays as ``cancelled``) or remove a finished one; the new state, ``deleted``, or None."""
 
     def purge(self, updated_before: float) -> int:
         """Remove jobs not updated since ``updated_before``; how many."""

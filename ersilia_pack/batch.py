@@ -1,0 +1,580 @@
+"""The batch command's core: a file of inputs through a model, into a CSV or JSON file.
+
+The model is a served one (through a job on the server, with the client) or a bundle run here
+with the same engine the server uses (no HTTP). Either way the run can be stopped and run again
+with the same arguments: rows go to ``OUTPUT.partial`` chunk by chunk, and
+``OUTPUT.state.json`` records, after each chunk, how many rows are in it (and, through a
+server, the job's id, so a rerun follows the same job). Only what is not recorded is computed
+again; the finished file replaces OUTPUT at the end and the two resume files go away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ersilia_pack.client import Client, Job, NotFound
+from ersilia_pack.errors import ErsiliaPackError, ServeError
+
+logger = logging.getLogger("ersilia_pack.batch")
+
+FORMATS = {".csv": "csv", ".json": "json"}
+STATE_VERSION = 1
+IN_FLIGHT = 2  # chunks computing at once, so the model never waits while a chunk is written
+DOWNLOAD_CHUNK = 5000
+
+
+class InputFileError(ErsiliaPackError):
+    """The input file, the output path or the API asked for cannot be used."""
+
+    exit_code = 1
+
+
+class BatchError(ErsiliaPackError):
+    """The model, or the server running it, failed; rows done so far are kept for a rerun."""
+
+    exit_code = 4
+
+
+class Interrupted(ErsiliaPackError):
+    """The run was stopped before the end; the same command continues it."""
+
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a batch run is: rows done of all, rows per second in this run, seconds left."""
+
+    done: int
+    total: int
+    rate: float
+    left: float | None
+    stage: str  # "computing", "waiting for the job" or "downloading"
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """What a finished batch run wrote."""
+
+    output: Path
+    total: int
+    failed: int
+    resumed: int  # rows an earlier, interrupted run had already done
+    job_id: str | None = None
+
+
+def read_inputs(path: Path) -> list[str]:
+    """The inputs of a file: the first column of a CSV with a header (``.csv``), else one input
+    per line; blank lines are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError as error:
+        raise InputFileError(f"input file {path} does not exist") from error
+    except IsADirectoryError as error:
+        raise InputFileError(f"input {path} is a folder: give a CSV or text file") from error
+    except UnicodeDecodeError as error:
+        raise InputFileError(f"input file {path} is not UTF-8 text: {error}") from error
+    except OSError as error:
+        raise InputFileError(f"input file {path} cannot be read: {error}") from error
+    if path.suffix.lower() == ".csv":
+        try:
+            rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
+        except csv.Error as error:
+            raise InputFileError(f"input file {path} is not a readable CSV: {error}") from error
+        values = [row[0].strip() for row in rows[1:] if row[0].strip()]
+        where = "below its header row (the inputs are its first column)"
+    else:
+        values = [line.strip() for line in text.splitlines() if line.strip()]
+        where = "(one input per line)"
+    if not values:
+        raise InputFileError(f"input file {path} holds no inputs {where}")
+    return values
+
+
+def _output_format(path: Path) -> str:
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise InputFileError(
+            f"output {path} must end in .csv or .json (the suffix picks the format)"
+        )
+    if path.is_dir():
+        raise InputFileError(f"output {path} is a folder: give a file name ending in .csv or .json")
+    if not path.parent.is_dir():
+        raise InputFileError(f"the folder of output {path} does not exist")
+    return kind
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return value
+
+
+class _Writer:
+    """Rows as bytes of the output format: CSV (input, then columns) or a JSON list of records."""
+
+    def __init__(self, kind: str, columns: Sequence[str]) -> None:
+        self.kind = kind
+        self.columns = list(columns)
+
+    def header(self) -> bytes:
+        if self.kind == "json":
+            return b"["
+        return self._csv([["input", *self.columns]])
+
+    def rows(
+        self, inputs: Sequence[str], rows: Sequence[Sequence[Any] | None], first: bool
+    ) -> bytes:
+        empty = [None] * len(self.columns)
+        if self.kind == "csv":
+            return self._csv(
+                [value, *(_cell(cell) for cell in (row if row is not None else empty))]
+                for value, row in zip(inputs, rows)
+            )
+        parts = []
+        for value, row in zip(inputs, rows):
+            record = {"input": value, **dict(zip(self.columns, row if row is not None else empty))}
+            parts.append(json.dumps(record, allow_nan=False))
+        text = ",\n".join(parts)
+        return (("\n" if first else ",\n") + text).encode() if parts else b""
+
+    def footer(self) -> bytes:
+        return b"\n]\n" if self.kind == "json" else b""
+
+    @staticmethod
+    def _csv(rows: Iterable[Sequence[Any]]) -> bytes:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(rows)
+        return buffer.getvalue().encode()
+
+
+class _Resume:
+    """``OUTPUT.partial`` (rows so far) and ``OUTPUT.state.json`` (how many, and the job)."""
+
+    def __init__(self, output: Path, key: str, total: int) -> None:
+        self.output = output
+        self.partial = output.with_name(output.name + ".partial")
+        self.state_path = output.with_name(output.name + ".state.json")
+        self.key = key
+        self.state: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "key": key,
+            "total": total,
+            "rows_done": 0,
+            "failed": 0,
+            "offset": 0,
+            "job_id": None,
+        }
+        self.handle: BinaryIO | None = None
+
+    def _saved(self) -> dict[str, Any] | None:
+        try:
+            saved = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            logger.warning("%s is unreadable: starting over", self.state_path)
+            return None
+        if not isinstance(saved, dict) or saved.get("version") != STATE_VERSION:
+            return None
+        if saved.get("key") != self.key:
+            logger.warning(
+                "%s is of another input file, API or model: starting over", self.state_path
+            )
+            return None
+        try:
+            size = self.partial.stat().st_size
+        except FileNotFoundError:
+            size = -1
+        if size < int(saved.get("offset", 0)):
+            if saved.get("job_id"):  # the job is on the server: only its download starts over
+                return {**saved, "rows_done": 0, "failed": 0, "offset": 0}
+            logger.warning("%s is missing or short: starting over", self.partial)
+            return None
+        return saved
+
+    def open(self, header: bytes) -> int:
+        """Open the partial file where the last recorded chunk ended; the rows already done."""
+        saved = self._saved()
+        if saved is not None and saved.get("offset"):
+            self.state.update(saved)
+            handle = self.partial.open("r+b")
+            handle.truncate(int(self.state["offset"]))  # drop a chunk written but not recorded
+            handle.seek(0, os.SEEK_END)
+        else:
+            if saved is not None:
+                self.state["job_id"] = saved.get("job_id")
+            handle = self.partial.open("w+b")
+            handle.write(header)
+            self._commit(handle, rows=0, failed=0)
+        self.handle = handle
+        return int(self.state["rows_done"])
+
+    def record(self, data: bytes, rows: int, failed: int) -> None:
+        """Append a chunk's rows, make them durable, then count them as done."""
+        assert self.handle is not None
+        self.handle.write(data)
+        self._commit(self.handle, rows=rows, failed=failed)
+
+    def _commit(self, handle: BinaryIO, *, rows: int, failed: int) -> None:
+        handle.flush()
+        os.fsync(handle.fileno())
+        self.state["rows_done"] = int(self.state["rows_done"]) + rows
+        self.state["failed"] = int(self.state["failed"]) + failed
+        self.state["offset"] = handle.tell()
+        self.save()
+
+    def save(self) -> None:
+        temporary = self.state_path.with_name(self.state_path.name + ".tmp")
+        temporary.write_text(json.dumps(self.state))
+        os.replace(temporary, self.state_path)
+
+    def restart_download(self, header_size: int) -> None:
+        """Through a server, a new job's rows replace whatever an old one wrote."""
+        assert self.handle is not None
+        self.handle.truncate(header_size)
+        self.handle.seek(0, os.SEEK_END)
+        self.state.update(rows_done=0, failed=0)
+        self._commit(self.handle, rows=0, failed=0)
+
+    def finish(self, footer: bytes) -> None:
+        assert self.handle is not None
+        self.handle.write(footer)
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.close()
+        os.replace(self.partial, self.output)
+        self.state_path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+class _Meter:
+    """Rows per second and time left, from the rows done in this run."""
+
+    def __init__(self, total: int, start: int) -> None:
+        self.total = total
+        self.start_rows = start
+        self.started = time.monotonic()
+
+    def progress(self, done: int, stage: str) -> Progress:
+        elapsed = time.monotonic() - self.started
+        fresh = done - self.start_rows
+        rate = fresh / elapsed if elapsed > 0 and fresh > 0 else 0.0
+        left = (self.total - done) / rate if rate > 0 else None
+        return Progress(done=done, total=self.total, rate=rate, left=left, stage=stage)
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _key(input_path: Path, api: str, target: str) -> str:
+    text = json.dumps([_file_hash(input_path), api, target])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_batch(
+    *,
+    input_path: Path,
+    output_path: Path,
+    api: str = "run",
+    url: str | None = None,
+    repository_dir: Path | None = None,
+    api_key: str | None = None,
+    workers: int | None = None,
+    chunk_size: int | None = None,
+    progress: Callable[[Progress], object] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> BatchSummary:
+    """Run every input of ``input_path`` through ``api`` into ``output_path``; what it wrote.
+
+    Exactly one of ``url`` (a served model: one job on it) and ``repository_dir`` (a model's
+    repository folder or a bundle, run here) says where the model is. ``should_stop`` is asked
+    between chunks: once it says yes the chunks in flight are finished and recorded, and
+    Interrupted is raised; the same call later continues from there.
+    """
+    if (url is None) == (repository_dir is None):
+        raise InputFileError("give either a server URL or a repository folder, not both or none")
+    kind = _output_format(output_path)
+    inputs = read_inputs(input_path)
+    stop = should_stop or (lambda: False)
+    report = progress or (lambda _: None)
+    if url is not None:
+        return _run_remote(
+            url, api, api_key, inputs, input_path, output_path, kind, report, stop, chunk_size
+        )
+    assert repository_dir is not None
+    return _run_local(
+        repository_dir,
+        api,
+        inputs,
+        input_path,
+        output_path,
+        kind,
+        report,
+        stop,
+        workers,
+        chunk_size,
+    )
+
+
+def _interrupted(resume: _Resume) -> Interrupted:
+    done, total = resume.state["rows_done"], resume.state["total"]
+    where = (
+        f"; job {resume.state['job_id']} goes on on the server" if resume.state["job_id"] else ""
+    )
+    return Interrupted(
+        f"interrupted with {done} of {total} rows written{where}: run the same command "
+        f"again to continue (progress is kept in {resume.state_path.name})"
+    )
+
+
+# --repository_dir: the bundle, here
+
+
+def _run_local(
+    repository_dir: Path,
+    api: str,
+    inputs: list[str],
+    input_path: Path,
+    output_path: Path,
+    kind: str,
+    report: Callable[[Progress], object],
+    stop: Callable[[], bool],
+    workers: int | None,
+    chunk_size: int | None,
+) -> BatchSummary:
+    # The runtime (and the model's engine) is needed only here: import it when used.
+    from ersilia_pack.runtime.bundle.manifest import find_bundle, load_bundle
+    from ersilia_pack.runtime.settings import ServeSettings
+
+    try:
+        bundle_dir = find_bundle(repository_dir)
+    except ServeError as error:
+        raise InputFileError(str(error)) from error
+    bundle = load_bundle(bundle_dir)
+    if api not in bundle.apis:
+        raise InputFileError(
+            f"api {api!r} is not an API of {bundle.manifest.model_id}: "
+            f"use one of {', '.join(bundle.apis)}"
+        )
+    settings = ServeSettings.from_env(workers=workers)
+    # A chunk keeps every worker busy with a run or two; the engine splits it into runs.
+    size = max(1, chunk_size or 1000 * (settings.workers or os.cpu_count() or 1))
+    target = f"{bundle.path}:{bundle.manifest.model_hash}"
+    writer = _Writer(kind, bundle.apis[api].column_names)
+    resume = _Resume(output_path, _key(input_path, api, target), len(inputs))
+    start = resume.open(writer.header())
+    try:
+        meter = _Meter(len(inputs), start)
+        if start:
+            logger.info("%d of %d rows were done before: going on from there", start, len(inputs))
+        report(meter.progress(start, "computing"))
+        if start < len(inputs):
+            asyncio.run(
+                _compute(
+                    bundle, settings, api, inputs, start, size, writer, resume, meter, report, stop
+                )
+            )
+        if int(resume.state["rows_done"]) < len(inputs):
+            raise _interrupted(resume)
+        failed = int(resume.state["failed"])
+        resume.finish(writer.footer())
+    finally:
+        resume.close()
+    return BatchSummary(output=output_path, total=len(inputs), failed=failed, resumed=start)
+
+
+async def _compute(
+    bundle: Any,
+    settings: Any,
+    api: str,
+    inputs: list[str],
+    start: int,
+    size: int,
+    writer: _Writer,
+    resume: _Resume,
+    meter: _Meter,
+    report: Callable[[Progress], object],
+    stop: Callable[[], bool],
+) -> None:
+    """Chunks from ``start`` through the model's engine, a few in flight, recorded in order."""
+    from ersilia_pack.runtime.engine.service import ModelService, Prediction, PredictionError
+
+    service = ModelService(bundle, settings, cache=None)
+    await service.start()
+    pending: deque[tuple[list[str], asyncio.Task[Prediction]]] = deque()
+    position = start
+    try:
+        while True:
+            while len(pending) < IN_FLIGHT and position < len(inputs) and not stop():
+                chunk = inputs[position : position + size]
+                pending.append((chunk, asyncio.create_task(service.predict(api, chunk))))
+                position += len(chunk)
+            if not pending:
+                return
+            chunk, task = pending.popleft()
+            try:
+                prediction = await task
+            except PredictionError as error:
+                done = int(resume.state["rows_done"])
+                kept = f"; the {done} rows done are kept for a rerun" if done else ""
+                raise BatchError(
+                    f"{api} of {bundle.manifest.model_id} failed ({error.status_code}): "
+                    f"{error.detail}{kept}"
+                ) from error
+            rows = [
+                None if i in prediction.errors else row for i, row in enumerate(prediction.rows)
+            ]
+            first = int(resume.state["rows_done"]) == 0
+            resume.record(writer.rows(chunk, rows, first), len(chunk), len(prediction.errors))
+            report(meter.progress(int(resume.state["rows_done"]), "computing"))
+    finally:
+        for _, task in pending:
+            task.cancel()
+        await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+        await service.stop()
+
+
+# --url: a job on a served model
+
+
+class _Stop(Exception):
+    """Raised from the job's progress callback to stop waiting."""
+
+
+def _run_remote(
+    url: str,
+    api: str,
+    api_key: str | None,
+    inputs: list[str],
+    input_path: Path,
+    output_path: Path,
+    kind: str,
+    report: Callable[[Progress], object],
+    stop: Callable[[], bool],
+    chunk_size: int | None,
+) -> BatchSummary:
+    with Client(url, api_key=api_key) as client:
+        apis = client.apis()
+        if api not in apis:
+            raise InputFileError(
+                f"api {api!r} is not an API of {url}: use one of {', '.join(apis)}"
+            )
+        writer = _Writer(kind, client.columns(api))
+        header = writer.header()
+        resume = _Resume(output_path, _key(input_path, api, client.url), len(inputs))
+        start = resume.open(header)
+        try:
+            job = _attach(client, resume, api, len(inputs))
+            if job is None:
+                if start:
+                    resume.restart_download(len(header))
+                job = client.submit(inputs, api=api)
+                resume.state["job_id"] = job.id
+                resume.save()
+                logger.info("submitted job %s (%d inputs) to %s", job.id, len(inputs), client.url)
+            meters: list[_Meter] = []
+
+            def follow(status: Any) -> None:
+                if not meters:  # rates count the rows done while this run follows the job
+                    meters.append(_Meter(len(inputs), status.done))
+                report(meters[0].progress(status.done, "waiting for the job"))
+                if stop():
+                    raise _Stop
+
+            try:
+                job.wait(progress=follow)
+            except _Stop:
+                raise _interrupted(resume) from None
+            _download(job, inputs, writer, resume, report, stop, chunk_size or DOWNLOAD_CHUNK)
+            failed = int(resume.state["failed"])
+            resume.finish(writer.footer())
+        finally:
+            resume.close()
+    return BatchSummary(
+        output=output_path, total=len(inputs), failed=failed, resumed=start, job_id=job.id
+    )
+
+
+def _attach(client: Client, resume: _Resume, api: str, total: int) -> Job | None:
+    """The job an earlier run submitted, when the server still has it as it was."""
+    job_id = resume.state.get("job_id")
+    if not job_id:
+        return None
+    job = client.job(str(job_id))
+    try:
+        status = job.status()
+    except NotFound:
+        logger.warning("job %s is gone from the server (expired?): submitting again", job_id)
+        return None
+    if status.api != api or status.total != total or status.state in ("failed", "cancelled"):
+        logger.warning("job %s is %s: submitting again", job_id, status.state)
+        return None
+    logger.info("following job %s from an earlier run (%s)", job_id, status.state)
+    return job
+
+
+def _download(
+    job: Job,
+    inputs: list[str],
+    writer: _Writer,
+    resume: _Resume,
+    report: Callable[[Progress], object],
+    stop: Callable[[], bool],
+    size: int,
+) -> None:
+    """The job's rows into the partial file, after those an earlier download wrote."""
+    start = int(resume.state["rows_done"])
+    meter = _Meter(len(inputs), start)
+    position = 0
+    batch: list[dict[str, Any] | None] = []
+
+    def flush() -> None:
+        done = int(resume.state["rows_done"])
+        chunk = inputs[done : done + len(batch)]
+        cells = [
+            [row.get(name) for name in writer.columns] if row is not None else None for row in batch
+        ]
+        failed = sum(row is None for row in batch)
+        resume.record(writer.rows(chunk, cells, done == 0), len(batch), failed)
+        batch.clear()
+        report(meter.progress(int(resume.state["rows_done"]), "downloading"))
+
+    for row in job.iter_result():
+        position += 1
+        if position <= start:
+            continue
+        batch.append(row)
+        if len(batch) >= size:
+            flush()
+            if stop():
+                raise _interrupted(resume)
+    if batch:
+        flush()
+    if int(resume.state["rows_done"]) != len(inputs):
+        raise BatchError(
+            f"job {job.id} gave {resume.state['rows_done']} rows for {len(inputs)} inputs"
+        )

@@ -1,0 +1,523 @@
+"""Model images: ersilia-pack's base image from Dockerfile.base, then a model's image on it.
+
+The base holds ersilia-pack alone and is built once per base Python image and ersilia-pack
+source (its tag carries a digest of both), only when the engine lacks it. A model's image packs
+the model with ``--system`` at build time and serves it on 0.0.0.0:80 as a non-root user.
+Builds reach the package index with the host's index settings and CA bundle, passed in as build
+secrets so neither ends up in a layer.
+"""
+
+from __future__ import annotations
+
+import collections
+import configparser
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+from pydantic import BaseModel
+
+from ersilia_pack import __version__
+from ersilia_pack.errors import ErsiliaPackError, InstallError
+from ersilia_pack.model_dir import ModelSpec, read_model_dir
+
+logger = logging.getLogger("ersilia_pack")
+
+DEFAULT_BASE = "python:3.11-slim"
+ENGINES = ("docker", "podman")
+BASE_REPOSITORY = "localhost/ersilia-pack-base"
+SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# pip's own order: the later file wins (the site-wide files, then the user's).
+PIP_CONFIG_FILES = (
+    Path("/etc/xdg/pip/pip.conf"),
+    Path("/etc/pip.conf"),
+    Path("~/.config/pip/pip.conf"),
+    Path("~/.pip/pip.conf"),
+)
+# The user a model image serves as; numeric so Kubernetes' runAsNonRoot can check it.
+SERVE_UID = 10001
+_BASE_FILES = ("Dockerfile.base", "pyproject.toml", "README.md", "ersilia_pack", "templates")
+_IGNORE = shutil.ignore_patterns(
+    "__pycache__", "*.pyc", ".git", ".ipynb_checkpoints", ".venv", ".mypy_cache", ".ruff_cache"
+)
+_TAIL_LINES = 40
+
+
+class ContainerError(ErsiliaPackError):
+    """No usable container engine, or an image cannot be built from what is here."""
+
+    exit_code = 4
+
+
+class BuildError(InstallError):
+    """An image build failed (an install step inside it, often); keeps the command and the
+    tail of the build's output, and exits like a failed install."""
+
+    def render(self) -> str:
+        status = "timed out" if self.returncode is None else f"exited with {self.returncode}"
+        lines = [f"building the {self.step} failed: {status}", f"  command: {self.command}"]
+        if self.tail.strip():
+            lines.append("  last lines of its output:")
+            lines.extend(f"    {line}" for line in self.tail.rstrip().splitlines())
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Templates
+
+
+def _load_template(name: str) -> str:
+    return resources.files("ersilia_pack.templates").joinpath(name).read_text(encoding="utf-8")
+
+
+def render_file(name: str, context: BaseModel) -> str:
+    """Render ``templates/<name>`` with the context's fields; a missing name fails the render."""
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_load_template),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["json"] = json.dumps
+    try:
+        return env.get_template(name).render(**dict(context))
+    except jinja2.TemplateError as error:
+        raise ContainerError(f"template {name} failed to render: {error}") from error
+
+
+# ---------------------------------------------------------------------------------------------
+# The host's package-index settings
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """Where pip finds packages on this host, reduced to what a build can use.
+
+    ``left_out`` names values that only make sense on the host (``file:`` indexes, paths).
+    """
+
+    index_url: str | None = None
+    extra_index_urls: tuple[str, ...] = ()
+    trusted_hosts: tuple[str, ...] = ()
+    ca_bundle: Path | None = None
+    left_out: tuple[str, ...] = field(default=())
+
+
+class PipConfContext(BaseModel):
+    index_url: str | None
+    extra_index_urls: list[str]
+    trusted_hosts: list[str]
+    cert: str | None
+
+
+def _is_remote(url: str) -> bool:
+    return url.lower().startswith(("http://", "https://"))
+
+
+def _read_pip_files(files: Sequence[Path]) -> dict[str, str]:
+    """Index keys from pip config files: [global] then [install], later files winning."""
+    values: dict[str, str] = {}
+    for path in files:
+        path = path.expanduser()
+        if not path.is_file():
+            continue
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(path, encoding="utf-8")
+        except configparser.Error as error:
+            logger.warning("ignoring %s: %s", path, error)
+            continue
+        for section in ("global", "install"):
+            if not parser.has_section(section):
+                continue
+            for key, value in parser.items(section):
+                key = key.replace("_", "-")
+                if key in ("index-url", "extra-index-url", "trusted-host", "cert"):
+                    values[key] = value.strip()
+    return values
+
+
+def host_index_settings(
+    environ: Mapping[str, str] | None = None,
+    config_files: Sequence[Path] | None = None,
+    system_ca: Path = SYSTEM_CA_BUNDLE,
+) -> IndexSettings:
+    """The host's index URLs and CA bundle, as pip would see them (environment over files).
+
+    The CA bundle is the one ``PIP_CERT``, pip's ``cert`` or ``SSL_CERT_FILE`` names, else the
+    system bundle when it exists. Constraints, find-links and other settings are not passed on:
+    they point at the host's files.
+    """
+    environ = os.environ if environ is None else environ
+    if config_files is None:
+        config_files = list(PIP_CONFIG_FILES)
+        if environ.get("PIP_CONFIG_FILE"):
+            config_files.append(Path(environ["PIP_CONFIG_FILE"]))
+    files = _read_pip_files(config_files)
+    left_out: list[str] = []
+
+    def urls(raw: str) -> list[str]:
+        kept = []
+        for url in raw.split():
+            if _is_remote(url):
+                kept.append(url)
+            else:
+                left_out.append(url)
+        return kept
+
+    index = urls(environ.get("PIP_INDEX_URL") or files.get("index-url", ""))
+    extra = urls(environ.get("PIP_EXTRA_INDEX_URL") or files.get("extra-index-url", ""))
+    trusted = (environ.get("PIP_TRUSTED_HOST") or files.get("trusted-host", "")).split()
+    ca: Path | None = None
+    for candidate in (
+        environ.get("PIP_CERT"),
+        files.get("cert"),
+        environ.get("SSL_CERT_FILE"),
+        str(system_ca),
+    ):
+        if candidate and Path(candidate).expanduser().is_file():
+            ca = Path(candidate).expanduser()
+            break
+    return IndexSettings(
+        index_url=index[0] if index else None,
+        extra_index_urls=tuple(extra),
+        trusted_hosts=tuple(trusted),
+        ca_bundle=ca,
+        left_out=tuple(left_out),
+    )
+
+
+# Where the build secrets appear inside a RUN step (never in a layer).
+PIP_CONF_TARGET = "/run/secrets/ersilia-pack-pip.conf"
+CA_TARGET = "/run/secrets/ersilia-pack-ca.crt"
+
+
+@contextmanager
+def _build_secrets(settings: IndexSettings) -> Iterator[list[str]]:
+    """``--secret`` arguments for a build: a pip.conf of the index settings, the CA bundle."""
+    for value in settings.left_out:
+        logger.info("not passed to the build (a location on this machine only): %s", value)
+    conf = render_file(
+        "container/pip.conf.j2",
+        PipConfContext(
+            index_url=settings.index_url,
+            extra_index_urls=list(settings.extra_index_urls),
+            trusted_hosts=list(settings.trusted_hosts),
+            cert=CA_TARGET if settings.ca_bundle else None,
+        ),
+    )
+    with tempfile.TemporaryDirectory(prefix="ersilia-pack-secrets-") as folder:
+        pip_conf = Path(folder) / "pip.conf"
+        pip_conf.write_text(conf, encoding="utf-8")
+        pip_conf.chmod(0o600)
+        arguments = ["--secret", f"id=pip-conf,src={pip_conf}"]
+        if settings.ca_bundle:
+            arguments += ["--secret", f"id=ca-bundle,src={settings.ca_bundle}"]
+        yield arguments
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+
+
+@dataclass(frozen=True)
+class Engine:
+    """docker or podman, found on PATH and answering."""
+
+    name: str
+    path: str
+
+    def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.path, *args], capture_output=True, text=True, check=check, timeout=120
+        )
+
+    def image_size(self, image: str) -> int | None:
+        """The image's size in bytes, or None when the engine does not have it."""
+        done = self.run("image", "inspect", "--format", "{{.Size}}", image)
+        if done.returncode != 0:
+            return None
+        try:
+            return int(done.stdout.strip().splitlines()[0])
+        except (ValueError, IndexError):
+            return None
+
+    def build_command(self, *, tag: str, dockerfile: Path) -> list[str]:
+        command = [self.path, "build", "-t", tag, "-f", str(dockerfile)]
+        if self.name == "podman":
+            # OCI images drop HEALTHCHECK; the docker format keeps it.
+            command += ["--format", "docker", "--layers"]
+        return command
+
+
+def find_engine(name: str | None = None) -> Engine:
+    """The engine to build with: ``name``, else the first of docker and podman that answers."""
+    names = [name] if name else list(ENGINES)
+    failures: list[str] = []
+    for candidate in names:
+        path = shutil.which(candidate)
+        if path is None:
+            failures.append(f"{candidate} is not on PATH")
+            continue
+        try:
+            done = subprocess.run(
+                [path, "info"], capture_output=True, text=True, timeout=60, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            failures.append(f"{candidate} info failed: {error}")
+            continue
+        if done.returncode == 0:
+            return Engine(candidate, path)
+        last = (done.stderr or done.stdout).strip().splitlines()
+        failures.append(f"{candidate} does not answer: {last[-1] if last else done.returncode}")
+    raise ContainerError(
+        "no container engine to build with: "
+        + "; ".join(failures)
+        + " (install Docker or podman, e.g. apt-get install podman, or pick one with --engine)"
+    )
+
+
+def _stream(command: list[str], *, step: str, env: Mapping[str, str] | None = None) -> None:
+    """Run a build, its output logged line by line; BuildError with its tail on failure."""
+    logger.debug("running %s", " ".join(command))
+    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        env=dict(env) if env is not None else None,
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            logger.info("[%s] %s", step, line)
+        returncode = process.wait()
+    if returncode != 0:
+        raise BuildError(step, " ".join(command), returncode, "\n".join(tail))
+
+
+def _build(
+    engine: Engine,
+    *,
+    tag: str,
+    dockerfile: Path,
+    context: Path,
+    settings: IndexSettings,
+    step: str,
+    build_args: Mapping[str, str] | None = None,
+    no_cache: bool = False,
+) -> None:
+    env = {**os.environ, "DOCKER_BUILDKIT": "1"} if engine.name == "docker" else None
+    arguments = [f"--build-arg={key}={value}" for key, value in (build_args or {}).items()]
+    if no_cache:
+        arguments.append("--no-cache")
+    with _build_secrets(settings) as secrets:
+        command = engine.build_command(tag=tag, dockerfile=dockerfile)
+        _stream([*command, *arguments, *secrets, str(context)], step=step, env=env)
+
+
+# ---------------------------------------------------------------------------------------------
+# The base image
+
+
+def source_root() -> Path:
+    """The ersilia-pack source checkout this package runs from (Dockerfile.base is there)."""
+    root = Path(__file__).resolve().parent.parent
+    if all((root / name).exists() for name in _BASE_FILES):
+        return root
+    raise ContainerError(
+        f"the base image is built from an ersilia-pack source checkout, and {root} is not one "
+        "(it lacks Dockerfile.base or pyproject.toml): install ersilia-pack from a clone "
+        "(pip install -e .) to build it"
+    )
+
+
+def tree_digest(root: Path) -> str:
+    """A digest of every file's path and contents under ``root`` (symlinks by their target).
+
+    Podman's layer cache does not look into bind-mounted files, so each Dockerfile puts this
+    in a label ahead of the step that reads them: other files, another layer.
+    """
+    digest = hashlib.sha256()
+    for current, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not _IGNORE(current, [d]))
+        ignored = _IGNORE(current, names)
+        for name in sorted(set(names) - ignored):
+            path = Path(current) / name
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            if path.is_symlink():
+                digest.update(b"->" + os.readlink(path).encode())
+            elif path.is_file():
+                digest.update(path.read_bytes())
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _base_context(target: Path) -> str:
+    """Copy what Dockerfile.base needs into ``target``; a digest of it."""
+    root = source_root()
+    for name in _BASE_FILES:
+        source = root / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=_IGNORE)
+        else:
+            shutil.copy2(source, target / name)
+    return tree_digest(target)
+
+
+def base_tag(base: str, digest: str) -> str:
+    """The base image's tag: ersilia-pack's version and a digest of its sources and ``base``."""
+    combined = hashlib.sha256(f"{base}\0{digest}".encode()).hexdigest()[:12]
+    return f"{BASE_REPOSITORY}:{__version__}-{combined}"
+
+
+def ensure_base(
+    engine: Engine, *, base: str, settings: IndexSettings, no_cache: bool = False
+) -> str:
+    """The base image's tag, building it from Dockerfile.base on ``base`` when it is missing
+    (or, with ``no_cache``, always and from scratch)."""
+    with tempfile.TemporaryDirectory(prefix="ersilia-pack-base-") as folder:
+        context = Path(folder)
+        sources = _base_context(context)
+        tag = base_tag(base, sources)
+        if not no_cache and engine.image_size(tag) is not None:
+            logger.info("base image %s is there", tag)
+            return tag
+        logger.info("building the base image %s on %s", tag, base)
+        _build(
+            engine,
+            tag=tag,
+            dockerfile=context / "Dockerfile.base",
+            context=context,
+            settings=settings,
+            step="base image",
+            build_args={"BASE": base, "SOURCES_DIGEST": sources},
+            no_cache=no_cache,
+        )
+    return tag
+
+
+# ---------------------------------------------------------------------------------------------
+# A model's image
+
+
+class DockerfileContext(BaseModel):
+    """What the model Dockerfile template sees."""
+
+    version: str
+    base_image: str
+    model_id: str
+    slug: str
+    model_hash: str
+    context_digest: str
+    uid: int
+    pip_conf: str
+    ca_bundle: str | None
+
+
+def default_tag(spec: ModelSpec) -> str:
+    """``<model id>:latest``, lower-cased as image names must be."""
+    return f"{spec.model_id.lower()}:latest"
+
+
+def model_dockerfile(
+    spec: ModelSpec, *, base_image: str, with_ca: bool, context_digest: str = ""
+) -> str:
+    """The model image's Dockerfile, on ``base_image``; ``context_digest`` is the
+    :func:`tree_digest` of the model folder the build mounts."""
+    return render_file(
+        "container/Dockerfile.j2",
+        DockerfileContext(
+            version=__version__,
+            base_image=base_image,
+            model_id=spec.model_id,
+            slug=spec.slug,
+            model_hash=spec.model_hash,
+            context_digest=context_digest,
+            uid=SERVE_UID,
+            pip_conf=PIP_CONF_TARGET,
+            ca_bundle=CA_TARGET if with_ca else None,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """A built model image and the figures a person wants to know about it."""
+
+    tag: str
+    base_tag: str
+    engine: str
+    model_id: str
+    size: int | None
+    base_size: int | None
+    python_size: int | None
+    dockerfile: str
+
+
+def containerize(
+    model_dir: Path,
+    *,
+    tag: str | None = None,
+    base: str = DEFAULT_BASE,
+    engine: str | None = None,
+    settings: IndexSettings | None = None,
+    no_cache: bool = False,
+) -> ImageResult:
+    """Build ``model_dir``'s image (and the base image under it when it is missing).
+
+    ``no_cache`` builds both again from scratch, e.g. to pick up new releases of unpinned
+    dependencies."""
+    spec = read_model_dir(model_dir)
+    image = tag or default_tag(spec)
+    found = find_engine(engine)
+    settings = settings if settings is not None else host_index_settings()
+    if found.image_size(base) is None:
+        logger.info("%s does not have %s yet; the build will pull it", found.name, base)
+    base_image = ensure_base(found, base=base, settings=settings, no_cache=no_cache)
+    with tempfile.TemporaryDirectory(prefix="ersilia-pack-image-") as folder:
+        context = Path(folder)
+        shutil.copytree(spec.root, context / "model", ignore=_IGNORE, symlinks=True)
+        dockerfile = model_dockerfile(
+            spec,
+            base_image=base_image,
+            with_ca=bool(settings.ca_bundle),
+            context_digest=tree_digest(context / "model"),
+        )
+        (context / "Dockerfile").write_text(dockerfile, encoding="utf-8")
+        logger.debug("the model image's Dockerfile:\n%s", dockerfile)
+        logger.info("building %s for %s with %s", image, spec.model_id, found.name)
+        _build(
+            found,
+            tag=image,
+            dockerfile=context / "Dockerfile",
+            context=context,
+            settings=settings,
+            step="model image",
+            no_cache=no_cache,
+        )
+    return ImageResult(
+        tag=image,
+        base_tag=base_image,
+        engine=found.name,
+        model_id=spec.model_id,
+        size=found.image_size(image),
+        base_size=found.image_size(base_image),
+        python_size=found.image_size(base),
+        dockerfile=dockerfile,
+    )
