@@ -20,7 +20,7 @@ from ersilia_pack import __version__
 from ersilia_pack.containerize import DEFAULT_BASE, ENGINES, containerize, default_tag
 from ersilia_pack.errors import ErsiliaPackError
 from ersilia_pack.install import BACKENDS
-from ersilia_pack.install.installer import DEFAULT_INSTALLER, INSTALLERS
+from ersilia_pack.install.installer import INSTALLERS
 from ersilia_pack.kube import KubeOptions, object_name, write_manifests
 from ersilia_pack.pack import DEFAULT_KEEP, lint, pack
 from ersilia_pack.runtime.settings import ServeSettings
@@ -116,9 +116,9 @@ def _install_options(function: Callable[..., Any]) -> Callable[..., Any]:
     function = click.option(
         "--installer",
         type=click.Choice(INSTALLERS),
-        default=DEFAULT_INSTALLER,
-        show_default=True,
-        help="what installs the structured pip steps (install.sh always runs as written)",
+        default=None,
+        help="what installs the structured pip steps (default: uv; pip with --system); "
+        "install.sh always runs as written",
     )(function)
     return function
 
@@ -193,7 +193,7 @@ def pack_cli(
     strict: bool,
     no_check: bool,
     keep: int,
-    installer: str,
+    installer: str | None,
     as_of: str | None,
     verbose: bool,
     quiet: bool,
@@ -424,7 +424,7 @@ def model_pack_cli(
     backend: str | None,
     strict: bool,
     no_check: bool,
-    installer: str,
+    installer: str | None,
     as_of: str | None,
     verbose: bool,
     quiet: bool,

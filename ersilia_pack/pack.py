@@ -18,7 +18,7 @@ from ersilia_pack.errors import ModelDirError, Problem, RenderError
 from ersilia_pack.install import get_backend
 from ersilia_pack.install.base import EnvRequest, install
 from ersilia_pack.install.cutoff import choose_cutoff
-from ersilia_pack.install.installer import DEFAULT_INSTALLER, make_installer
+from ersilia_pack.install.installer import default_installer, make_installer
 from ersilia_pack.install.translate import log_decisions
 from ersilia_pack.install.venv import COMPLETE, ENVS_DIR
 from ersilia_pack.model_dir import ModelSpec, read_model_dir
@@ -145,16 +145,16 @@ def pack(
     strict: bool = False,
     check: bool = True,
     keep: int = DEFAULT_KEEP,
-    installer: str = DEFAULT_INSTALLER,
+    installer: str | None = None,
     as_of: str | None = None,
 ) -> PackResult:
     """Pack a model directory into ``<repository_root>/<MODEL_ID>/<tag>/``.
 
     The bundle is built in a hidden folder and renamed into place only once complete, so a
     failed pack leaves earlier bundles untouched and no partial one behind. Structured steps
-    install with ``installer`` (uv or pip), every step resolves as of ``as_of`` (a date,
-    'latest', or by default the model card's ``Last Packaging Date``). Everything written is
-    without group or world write, whatever the caller's umask.
+    install with ``installer`` (uv or pip; by default uv, pip for ``--system``), every step
+    resolves as of ``as_of`` (a date, 'latest', or by default the card's ``Last Packaging
+    Date``). Everything written is without group or world write, whatever the caller's umask.
     """
     previous = os.umask(NOT_SHARED)
     os.umask(previous | NOT_SHARED)
@@ -169,7 +169,7 @@ def pack(
             strict=strict,
             check=check,
             keep=keep,
-            installer=installer,
+            installer=installer or default_installer(backend),
             as_of=as_of,
         )
     finally:

@@ -16,7 +16,14 @@ from pathlib import Path
 from ersilia_pack.errors import PlanError
 
 INSTALLERS = ("uv", "pip")
-DEFAULT_INSTALLER = "uv"
+
+
+def default_installer(backend: str) -> str:
+    """uv, except for ``--system``: a container's pip settings (``pip.conf``, which uv does
+    not read) keep applying to the image it builds."""
+    return "pip" if backend == "system" else "uv"
+
+
 # pip learnt --uploaded-prior-to (PIP_UPLOADED_PRIOR_TO) in 26.0.
 PIP_WITH_CUTOFF = (26, 0)
 # What pip and uv print when no version fits: the only failures worth a retry without the

@@ -109,7 +109,10 @@ def test_system_translates_a_dockerfile_and_finds_the_program_on_path(
     env = {**index_env, "PATH": f"{standin}{os.pathsep}{os.environ['PATH']}"}
 
     done = subprocess.run(
-        [str(script), "--model_dir", str(DOCKERFILE), "--system", "--eos", str(eos), "--strict"],
+        [
+            *[str(script), "--model_dir", str(DOCKERFILE), "--system", "--eos", str(eos)],
+            *["--strict", "--installer", "uv"],
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, **env},
