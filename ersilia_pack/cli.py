@@ -20,6 +20,7 @@ from ersilia_pack import __version__
 from ersilia_pack.containerize import DEFAULT_BASE, ENGINES, containerize, default_tag
 from ersilia_pack.errors import ErsiliaPackError
 from ersilia_pack.install import BACKENDS
+from ersilia_pack.install.installer import INSTALLERS
 from ersilia_pack.kube import KubeOptions, object_name, write_manifests
 from ersilia_pack.pack import DEFAULT_KEEP, lint, pack
 from ersilia_pack.runtime.settings import ServeSettings
@@ -102,6 +103,26 @@ def _backend_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return with_backend
 
 
+def _install_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--installer uv|pip`` and ``--as-of DATE|latest``."""
+    function = click.option(
+        "--as-of",
+        "as_of",
+        default=None,
+        metavar="DATE|latest",
+        help="resolve with packages uploaded before DATE (default: the card's "
+        "'Last Packaging Date'); 'latest' takes the newest",
+    )(function)
+    function = click.option(
+        "--installer",
+        type=click.Choice(INSTALLERS),
+        default=None,
+        help="what installs the structured pip steps (default: uv; pip with --system); "
+        "install.sh always runs as written",
+    )(function)
+    return function
+
+
 def _logging_options(function: Callable[..., Any]) -> Callable[..., Any]:
     function = click.option("-v", "--verbose", is_flag=True, help="more detail")(function)
     function = click.option("-q", "--quiet", is_flag=True, help="warnings and errors only")(
@@ -157,6 +178,7 @@ def _pack_and_report(model_dir: Path, repository_root: Path | None, **options: A
     type=click.IntRange(1),
     help="bundles of this model to keep",
 )
+@_install_options
 @_logging_options
 @click.version_option(__version__, prog_name="ersilia_pack")
 @click.pass_context
@@ -171,6 +193,8 @@ def pack_cli(
     strict: bool,
     no_check: bool,
     keep: int,
+    installer: str | None,
+    as_of: str | None,
     verbose: bool,
     quiet: bool,
 ) -> None:
@@ -194,6 +218,8 @@ def pack_cli(
         strict=strict,
         check=not no_check,
         keep=keep,
+        installer=installer,
+        as_of=as_of,
     )
 
 
@@ -397,6 +423,7 @@ def serve_cli(
 @_backend_options
 @click.option("--strict", is_flag=True, help="fail when the example output differs")
 @click.option("--no-check", "no_check", is_flag=True, help="skip the example check")
+@_install_options
 @_logging_options
 def model_pack_cli(
     repo_path: Path,
@@ -405,6 +432,8 @@ def model_pack_cli(
     backend: str | None,
     strict: bool,
     no_check: bool,
+    installer: str | None,
+    as_of: str | None,
     verbose: bool,
     quiet: bool,
 ) -> None:
@@ -412,7 +441,14 @@ def model_pack_cli(
     _setup_logging(verbose, quiet)
     chosen = backend or ("conda" if env_name else "venv")
     _pack_and_report(
-        repo_path, bundles, backend=chosen, env_name=env_name, strict=strict, check=not no_check
+        repo_path,
+        bundles,
+        backend=chosen,
+        env_name=env_name,
+        strict=strict,
+        check=not no_check,
+        installer=installer,
+        as_of=as_of,
     )
 
 

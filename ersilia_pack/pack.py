@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import shutil
+import stat
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +17,19 @@ from ersilia_pack.check import MAX_REPORTED, check_app, check_examples
 from ersilia_pack.errors import ModelDirError, Problem, RenderError
 from ersilia_pack.install import get_backend
 from ersilia_pack.install.base import EnvRequest, install
-from ersilia_pack.install.venv import ENVS_DIR
+from ersilia_pack.install.cutoff import choose_cutoff
+from ersilia_pack.install.installer import default_installer, make_installer
+from ersilia_pack.install.translate import log_decisions
+from ersilia_pack.install.venv import COMPLETE, ENVS_DIR
 from ersilia_pack.model_dir import ModelSpec, read_model_dir
 from ersilia_pack.render import new_tag, render_bundle
 from ersilia_pack.runtime.bundle.manifest import MANIFEST, TAG_PATTERN, InstallRecord
 
 logger = logging.getLogger("ersilia_pack")
 DEFAULT_KEEP = 3
+# Nothing a pack writes may be writable by group or others, whatever the caller's umask
+# (the Ersilia client packs under umask 0).
+NOT_SHARED = 0o022
 
 
 @dataclass
@@ -79,18 +87,34 @@ def prune(model_repo: Path, keep: int) -> list[Path]:
     used: set[Path] = set()
     for bundle in _bundles(model_repo):
         try:
-            manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
-            prefix = manifest["environment"]["prefix"]
+            prefix = json.loads((bundle / MANIFEST).read_text())["environment"]["prefix"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if prefix:
             used.add(Path(prefix).resolve())
     envs = model_repo / ENVS_DIR
     if envs.is_dir():
+        now = time.time()
         for env in envs.iterdir():
-            if env.resolve() not in used:
-                shutil.rmtree(env, ignore_errors=True)
+            if env.resolve() in used:
+                continue
+            # an unfinished environment may be another pack's, still installing
+            with contextlib.suppress(OSError):
+                young = now - env.stat().st_mtime < STALE_PARTIAL_SECONDS
+                if not (env / COMPLETE).is_file() and young:
+                    continue
+            shutil.rmtree(env, ignore_errors=True)
     return removed
+
+
+def strip_shared_write(root: Path) -> None:
+    """Remove group and world write from ``root`` and everything under it (copies keep the
+    modes of their source: a model cloned under umask 0 has 0666 files)."""
+    for path in [root, *root.rglob("*")]:
+        with contextlib.suppress(OSError):
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode) and mode & NOT_SHARED:
+                path.chmod(stat.S_IMODE(mode) & ~NOT_SHARED)
 
 
 def _run_check(staging: Path, *, strict: bool, spec: ModelSpec) -> list[str]:
@@ -121,46 +145,109 @@ def pack(
     strict: bool = False,
     check: bool = True,
     keep: int = DEFAULT_KEEP,
+    installer: str | None = None,
+    as_of: str | None = None,
 ) -> PackResult:
     """Pack a model directory into ``<repository_root>/<MODEL_ID>/<tag>/``.
 
     The bundle is built in a hidden folder and renamed into place only once complete, so a
-    failed pack leaves earlier bundles untouched and no partial one behind.
+    failed pack leaves earlier bundles untouched and no partial one behind. Structured steps
+    install with ``installer`` (uv or pip; by default uv, pip for ``--system``), every step
+    resolves as of ``as_of`` (a date, 'latest', or by default the card's ``Last Packaging
+    Date``). Everything written is without group or world write, whatever the caller's umask.
     """
+    previous = os.umask(NOT_SHARED)
+    os.umask(previous | NOT_SHARED)
+    try:
+        return _pack(
+            model_dir,
+            backend=backend,
+            repository_root=repository_root,
+            env_name=env_name,
+            variant=variant,
+            force=force,
+            strict=strict,
+            check=check,
+            keep=keep,
+            installer=installer or default_installer(backend),
+            as_of=as_of,
+        )
+    finally:
+        os.umask(previous)
+
+
+def _pack(
+    model_dir: Path,
+    *,
+    backend: str,
+    repository_root: Path | None,
+    env_name: str | None,
+    variant: str | None,
+    force: bool,
+    strict: bool,
+    check: bool,
+    keep: int,
+    installer: str,
+    as_of: str | None,
+) -> PackResult:
     spec = read_model_dir(model_dir, variant=variant)
     for warning in spec.warnings:
         logger.warning("warning: %s", warning)
-    installer = get_backend(backend)
-    installer.check(spec.plan)
+    cutoff = choose_cutoff(spec.metadata, as_of)
     root = repository_root if repository_root is not None else default_eos() / "repository"
     model_repo = _model_repository(root, spec)
+    tool = make_installer(
+        installer, near=Path(sys.prefix) if backend == "system" else model_repo.parent
+    )
+    chosen = get_backend(backend, tool)
+    translation = chosen.translate(spec.plan)  # refuses what cannot run before anything does
     created = not model_repo.exists()
     model_repo.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(model_repo)
     tag = new_tag()
     staging = model_repo / f".partial-{tag}"
     try:
-        logger.info("packing %s (%s) with --%s", spec.model_id, spec.slug, backend)
+        logger.info(
+            "packing %s (%s) with --%s, installing with %s",
+            spec.model_id,
+            spec.slug,
+            backend,
+            tool.name,
+        )
+        logger.info("resolving as of: %s", cutoff.describe())
+        log_decisions(translation.decisions)
         request = EnvRequest(
             model_id=spec.model_id,
             repository_dir=model_repo,
-            plan=spec.plan,
+            plan=translation.plan,
             env_name=env_name,
             force=force,
+            cutoff=cutoff,
+            tag=tag,
         )
-        prepared = install(installer, request, cwd=spec.root)
+        prepared = install(chosen, request, cwd=spec.root)
+        prefix = prepared.environment.prefix
+        if backend == "venv" and prefix and not prepared.reused:
+            strip_shared_write(Path(prefix))
         record = InstallRecord(
             python=spec.plan.python,
-            steps=[step.display() for step in spec.plan.steps],
+            steps=[step.display() for step in translation.plan.steps],
             reused_environment=prepared.reused,
+            installer=tool.name,
+            as_of=cutoff.iso,
+            as_of_source=cutoff.source,
+            resolved_without_as_of=prepared.without_cutoff,
+            conda_translation=[decision.model_dump() for decision in translation.decisions],
         )
         logger.info("rendering the bundle")
-        render_bundle(spec, staging, tag=tag, environment=prepared.environment, install=record)
+        installed = spec.model_copy(update={"plan": translation.plan})
+        render_bundle(installed, staging, tag=tag, environment=prepared.environment, install=record)
         warnings = _run_check(staging, strict=strict, spec=spec) if check else []
         if not check:
             check_app(staging)
         shutil.rmtree(staging / "state", ignore_errors=True)
         (staging / "status.json").write_text(json.dumps({"done": True}) + "\n", encoding="utf-8")
+        strip_shared_write(staging)
         final = model_repo / tag
         staging.rename(final)
     except BaseException:

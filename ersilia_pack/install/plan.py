@@ -290,6 +290,19 @@ def _step_from_run(name: str, command: str) -> InstallStep:
     return _bash_step(name, shlex.join(words))
 
 
+def conda_words(script: str) -> list[str] | None:
+    """The arguments of a bash line that is one plain ``conda install ...``, else None."""
+    try:
+        words = _shell_words(script.strip())
+    except ValueError:
+        return None
+    if words and words[0] == "sudo":
+        words = words[1:]
+    if words is None or words[:2] not in (["conda", "install"], ["mamba", "install"]):
+        return None
+    return _conda_args(words[2:])
+
+
 def plan_from_dockerfile(path: Path, problems: list[Problem]) -> InstallPlan:
     """An older-format ``Dockerfile``: Python from the FROM tag, steps from RUN lines."""
     plan = InstallPlan(source=path.name)

@@ -9,15 +9,17 @@ from ersilia_pack.runtime.bundle.environment import Environment
 
 
 class SystemBackend(Backend):
-    """No isolation: ``pip`` and ``python`` are the ones running ersilia_pack."""
+    """No isolation: ``pip`` and ``python`` are the ones running ersilia_pack (structured
+    steps go through ``uv pip install --python`` that interpreter unless the installer is pip).
+    """
 
     name = "system"
 
     def prepare(self, request: EnvRequest) -> PreparedEnv:
         version = current_python_version()
         self.warn_python(request.plan, version)
-        return PreparedEnv(
-            Environment(
-                backend=self.name, prefix=None, python=sys.executable, python_version=version
-            )
+        environment = Environment(
+            backend=self.name, prefix=None, python=sys.executable, python_version=version
         )
+        self.pip_follows_cutoff(environment, request)
+        return PreparedEnv(environment)

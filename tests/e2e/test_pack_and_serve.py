@@ -101,6 +101,11 @@ def test_pack_and_serve_a_standard_library_model(eos: Path, backend: str) -> Non
         assert prefix.parent == repository / ".envs"
         assert (prefix / "bin" / "python").is_file()
         assert f"install runs in {prefix}" in packed.stderr
+        # made with uv by default, seeded with pip because install.sh may call it
+        install = json.loads((bundle / "manifest.json").read_text())["install"]
+        assert install["installer"] == "uv"
+        assert "installing with uv" in packed.stderr
+        assert (prefix / "bin" / "pip").is_file()
 
     inputs, expected = example(model_dir, "run")
     # ersilia_serve takes the model's repository folder (its newest bundle) or a bundle itself

@@ -13,6 +13,7 @@ from fixture_models import FIXTURES, NEWER, OLDER
 from ersilia_pack.errors import PlanError, Problem
 from ersilia_pack.install.base import Backend
 from ersilia_pack.install.conda import CondaBackend
+from ersilia_pack.install.installer import Installer
 from ersilia_pack.install.plan import InstallPlan, read_plan
 from ersilia_pack.install.system import SystemBackend
 from ersilia_pack.install.venv import VenvBackend
@@ -61,21 +62,23 @@ CONDA = "/opt/miniconda3/bin/conda"
 CONDA_PYTHON = "/opt/miniconda3/envs/eos9aw1/bin/python"
 
 
+WITH_UV = Installer(name="uv", uv=UV)  # the default
+WITH_PIP = Installer(name="pip")  # --installer pip
+
+
 def _backends(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[Backend, Environment]]:
     monkeypatch.setenv("CONDA_EXE", CONDA)
-    venv = VenvBackend()
-    venv.uv = None
-    with_uv = VenvBackend()
-    with_uv.uv = UV
     venv_env = Environment(
         backend="venv", prefix=str(Path(VENV_PYTHON).parents[1]), python=VENV_PYTHON
     )
+    system_env = Environment(backend="system", python=SYSTEM_PYTHON)
     return {
-        "system": (SystemBackend(), Environment(backend="system", python=SYSTEM_PYTHON)),
-        "venv": (venv, venv_env),
-        "venv+uv": (with_uv, venv_env),
+        "system": (SystemBackend(WITH_UV), system_env),
+        "system+pip": (SystemBackend(WITH_PIP), system_env),
+        "venv": (VenvBackend(WITH_UV), venv_env),
+        "venv+pip": (VenvBackend(WITH_PIP), venv_env),
         "conda": (
-            CondaBackend(),
+            CondaBackend(WITH_UV),
             Environment(
                 backend="conda",
                 prefix=str(Path(CONDA_PYTHON).parents[1]),
@@ -96,9 +99,11 @@ def _expected(backend: str, line: str) -> list[str] | None:
     words = shlex.split(line)
     if words[0] == "conda":
         return [CONDA, "install", "-n", "eos9aw1", *words[2:]] if backend == "conda" else None
-    python = {"system": SYSTEM_PYTHON, "conda": CONDA_PYTHON}.get(backend, VENV_PYTHON)
-    if backend == "venv+uv" and line not in UV_RUNS_WITH_PIP:
-        return [UV, "pip", "install", "--python", VENV_PYTHON, *words[2:]]
+    python = {"system": SYSTEM_PYTHON, "system+pip": SYSTEM_PYTHON, "conda": CONDA_PYTHON}.get(
+        backend, VENV_PYTHON
+    )
+    if not backend.endswith("+pip") and line not in UV_RUNS_WITH_PIP:
+        return [UV, "pip", "install", "--python", python, *words[2:]]
     return [python, "-m", "pip", "install", *words[2:]]
 
 
@@ -113,7 +118,7 @@ def _as_typed(plan: InstallPlan) -> list[str]:
     [(AWKWARD_YML, YML_STEPS), (AWKWARD_DOCKERFILE, DOCKERFILE_STEPS)],
     ids=["install.yml", "Dockerfile"],
 )
-@pytest.mark.parametrize("backend", ["system", "venv", "venv+uv", "conda"])
+@pytest.mark.parametrize("backend", ["system", "system+pip", "venv", "venv+pip", "conda"])
 def test_awkward_install_steps_run_as_exact_commands(
     model_dir: Path, steps: list[str], backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,27 +137,54 @@ def test_awkward_install_steps_run_as_exact_commands(
             assert installer.command(step, environment) == expected, line
 
 
+# Under --venv and --system every conda step of the awkward files has a pip translation or is
+# a C library that pip wheels carry: (step, conda spec, action, pip requirement).
+YML_CONDA = [
+    ("install.yml command 9", "xorg-libxrender=0.9.11", "skip", ""),
+    ("install.yml command 10", "openbabel=3.1.1", "pip", "openbabel-wheel==3.1.1.*"),
+    ("install.yml command 11", "libgcc-ng", "skip", ""),
+    ("install.yml command 12", "xorg-libxext=1.3.4", "skip", ""),
+    ("install.yml command 14", "cairo", "skip", ""),
+]
+DOCKERFILE_CONDA = [
+    ("Dockerfile line 14", "xorg-libxrender=0.9.10", "skip", ""),
+    ("Dockerfile line 15", "openbabel=3.1.1", "pip", "openbabel-wheel==3.1.1.*"),
+]
+
+
 @pytest.mark.parametrize(
-    ("model_dir", "first_conda_step"),
-    [(AWKWARD_YML, "install.yml command 9"), (AWKWARD_DOCKERFILE, "Dockerfile line 14")],
+    ("model_dir", "decisions"),
+    [(AWKWARD_YML, YML_CONDA), (AWKWARD_DOCKERFILE, DOCKERFILE_CONDA)],
+    ids=["install.yml", "Dockerfile"],
 )
 @pytest.mark.parametrize("backend", [SystemBackend, VenvBackend])
-def test_conda_steps_are_refused_before_anything_runs_without_conda(
-    model_dir: Path, first_conda_step: str, backend: type[Backend]
+def test_conda_steps_become_pip_steps_or_skips_without_conda(
+    model_dir: Path, decisions: list[tuple[str, str, str, str]], backend: type[Backend]
 ) -> None:
     plan = read_plan(model_dir, [])
-    with pytest.raises(PlanError) as raised:
-        backend().check(plan)
-    message = raised.value.render()
-    assert f"install step '{first_conda_step}' is a conda step" in message
-    assert f"--{backend.name} cannot run: pack with --conda" in message
+    translation = backend(WITH_UV).translate(plan)
+    made = [(d.step, d.conda, d.action, d.pip) for d in translation.decisions]
+    assert made == decisions
+    # the openbabel step is now a pip step; the skipped ones are gone; nothing else changed
+    steps = {step.name: step for step in translation.plan.steps}
+    [pip_step] = [step for step in decisions if step[2] == "pip"]
+    assert steps[pip_step[0]].args == [pip_step[3]]
+    skipped = {step[0] for step in decisions if step[2] == "skip"}
+    assert [s.name for s in translation.plan.steps] == [
+        s.name for s in plan.steps if s.name not in skipped
+    ]
+    assert not any(step.kind == "conda" or step.uses_conda for step in translation.plan.steps)
+    # --conda runs them as they are
+    assert CondaBackend(WITH_UV).translate(plan).plan == plan
 
 
-def test_a_bash_line_that_calls_conda_is_a_conda_step_too() -> None:
+def test_a_bash_line_that_calls_conda_among_other_commands_is_refused_without_conda() -> None:
     plan = read_plan(AWKWARD_YML, [])
     plan.steps = [step for step in plan.steps if step.kind != "conda"]
+    plan.steps[-1].script = "conda install -c conda-forge cairo -y && echo installed"
     with pytest.raises(
-        PlanError, match=r"install.yml command 14.*conda install -c conda-forge cairo"
+        PlanError,
+        match=r"install.yml command 14' calls conda inside a bash line .*pack with --conda",
     ):
         VenvBackend().check(plan)
     CondaBackend().check(plan)

@@ -48,6 +48,13 @@ class InstallRecord(BaseModel):
     python: str | None = None
     steps: list[str] = []
     reused_environment: bool = False
+    # uv or pip; resolution as of a date (None: newest), why, and steps that needed the newest
+    installer: str | None = None
+    as_of: str | None = None
+    as_of_source: str = ""
+    resolved_without_as_of: list[str] = []
+    # under --venv/--system: what became of each conda package ({step, conda, action, pip, note})
+    conda_translation: list[dict[str, str]] = []
 
 
 class Manifest(BaseModel):
