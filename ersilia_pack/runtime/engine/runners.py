@@ -280,7 +280,7 @@ class _WarmExecutor:
         self._runs_root = runs_root
         self._killed = 0
         command = [bundle.manifest.environment.python, str(bundle.path / "app" / "warm.py")]
-        command += [self.script, "--forked"] if fork else [self.script]
+        command += [self.script, "--forked", str(size)] if fork else [self.script]
         self.pool: ForkedPool | ProcessPool = (ForkedPool if fork else ProcessPool)(
             f"{api.name} warm runner",
             command,
