@@ -223,3 +223,27 @@ def wait_until_gone(marker: str, within: float = 10) -> list[int]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
+
+
+def run_leftovers(runs: Path, *, skip: str = "-worker.") -> list[str]:
+    """Files that runs left in a bundle's run folders (``state/runs``).
+
+    Run folders are emptied after each run and reused, so the folders themselves stay while
+    the server runs; what must not stay is anything in them beyond the links of their working
+    directory and an empty ``tmp/``. Folders whose name contains ``skip`` (a load-once
+    worker's, which lives as long as the worker) are not looked at.
+    """
+    found: list[str] = []
+    if not runs.is_dir():
+        return found
+    for folder in runs.iterdir():
+        if skip and skip in folder.name:
+            continue
+        for path in sorted(folder.rglob("*")):
+            if path.is_symlink() or any(p.is_symlink() for p in path.parents):
+                continue
+            relative = path.relative_to(folder)
+            if path.is_dir() and str(relative) in {"tmp", "model", "model/framework"}:
+                continue
+            found.append(f"{folder.name}/{relative}")
+    return found

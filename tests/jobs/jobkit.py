@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from helpers import DATA, UVICORN_LINE, console_script, write_tree
+from helpers import DATA, UVICORN_LINE, console_script, run_leftovers, write_tree
 
 T = TypeVar("T")
 
@@ -135,13 +135,13 @@ def wait_for(check: Callable[[], T | None], *, within: float, what: str) -> T:
 
 
 def wait_runs_ended(bundle: Path) -> None:
-    """Wait until no script run of the bundle is in flight (each keeps a folder in state/runs).
+    """Wait until no script run of the bundle is in flight (each has files in state/runs).
 
     A run still in flight when a test's app stops is cancelled mid-way; waiting keeps tests
     about what they test.
     """
     runs = bundle / "state" / "runs"
-    wait_for(lambda: not any(runs.iterdir()) or None, within=60, what="model runs to end")
+    wait_for(lambda: not run_leftovers(runs) or None, within=60, what="model runs to end")
 
 
 def free_port() -> int:

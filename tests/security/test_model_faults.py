@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import run_leftovers
 from security_helpers import Server, children_of, processes_of, serve, wait_ready
 
 SECRET = f"s3cret-{secrets.token_hex(8)}"
@@ -91,12 +92,8 @@ def assert_nothing_left(server: Server, bundle: Path) -> None:
     deadline = time.monotonic() + 10
     while True:
         tmp = bundle / "state" / "runs"
-        # the workspaces of live load-once workers stay while they live
-        leftovers = (
-            sorted(p.name for p in tmp.iterdir() if "-worker." not in p.name)
-            if tmp.is_dir()
-            else []
-        )
+        # run folders are reused: only their files must be gone (workers' stay while they live)
+        leftovers = run_leftovers(tmp)
         workers = worker_pids(server)
         others = {
             pid: cmdline

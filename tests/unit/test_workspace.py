@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 from ersilia_pack.runtime.engine.service import slots_per_api
-from ersilia_pack.runtime.engine.workspace import Workspace, sweep
+from ersilia_pack.runtime.engine.workspace import Workspace, WorkspacePool, sweep
 from ersilia_pack.runtime.settings import ServeSettings
 
 
@@ -70,3 +70,29 @@ def test_slots_are_shared_among_apis_unless_given() -> None:
     cpus = len(os.sched_getaffinity(0))
     assert one_api == cpus
     assert two_apis == min(cpus, max(2, cpus // 2))
+
+
+def test_a_reused_folder_holds_nothing_of_the_run_before(tmp_path: Path) -> None:
+    framework = _model(tmp_path / "bundle")
+    runs = tmp_path / "bundle" / "state" / "runs"
+    pool = WorkspacePool(runs, framework, "run")
+    first = pool.take()
+    first.input_csv.write_text("input\nCCO\n")
+    (first.cwd / "tmp_input.smi").write_text("CCO\n")
+    (first.cwd / "scratch").mkdir()
+    (first.tmp / "leftover.txt").write_text("x\n")
+    (first.cwd.parent / "cache.bin").write_text("x\n")
+    pool.give(first)
+    again = pool.take()
+    assert again is first
+    assert sorted(os.listdir(again.path)) == ["model", "tmp"]
+    assert sorted(os.listdir(again.cwd)) == ["code", "run.sh"]
+    assert sorted(os.listdir(again.cwd.parent)) == ["checkpoints", "framework"]
+    assert os.listdir(again.tmp) == []
+    # a run that replaced one of the links: its folder is not reused
+    (again.cwd / "code").unlink()
+    (again.cwd / "code").mkdir()
+    pool.give(again)
+    assert not again.path.exists()
+    assert pool.take() is not again
+    pool.close()

@@ -33,7 +33,7 @@ from ersilia_pack.runtime.engine.processes import (
     drain,
     reap,
 )
-from ersilia_pack.runtime.engine.workspace import Workspace
+from ersilia_pack.runtime.engine.workspace import Workspace, WorkspacePool
 
 __all__ = [
     "BatchResult",
@@ -352,6 +352,7 @@ class ScriptRunner:
         self.api = api
         self.concurrency = concurrency
         self._runs_root = bundle.state_dir / "runs"
+        self._workspaces = WorkspacePool(self._runs_root, bundle.framework_dir, api.name)
         env = model_env(bundle)
         self.executor: _ColdExecutor | _WarmExecutor = (
             _WarmExecutor(
@@ -388,17 +389,20 @@ class ScriptRunner:
 
     async def stop(self) -> None:
         await self.executor.stop()
+        self._workspaces.close()
 
     async def run(self, inputs: list[str], *, timeout: float) -> BatchResult:
         try:
-            workspace = Workspace(self._runs_root, self.bundle.framework_dir, self.api.name)
+            workspace = self._workspaces.take()
         except OSError as error:
             logger.error("a folder for a run of %s could not be made: %s", self.api.name, error)
             raise RunFailed("the server could not make a folder for the run") from error
-        with workspace:
+        try:
             write_input_csv(workspace.input_csv, inputs)
             await self.executor.execute(workspace, timeout)
             header, rows = read_output_csv(workspace.output_csv, len(inputs))
+        finally:
+            self._workspaces.give(workspace)
         return align(header, rows, self.api)
 
 

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 
 PRIVATE_DIR = 0o700
+_TOP_DIRS = frozenset({"tmp", "model"})
+_FRAMEWORK = frozenset({"framework"})
 
 
 def private_dir(path: Path) -> Path:
@@ -40,6 +42,28 @@ class Workspace:
         self.tmp = self.path / "tmp"
         self.tmp.mkdir(mode=PRIVATE_DIR)
         self.cwd = _mirror(framework_dir, self.path)
+        self._framework_links = frozenset(os.listdir(self.cwd))
+        self._model_links = frozenset(os.listdir(self.cwd.parent)) - _FRAMEWORK
+
+    def reset(self) -> bool:
+        """Empty the folder for another run: remove what the last run made, keep the links.
+
+        False when the run changed the folder's own structure (a link removed or replaced):
+        such a workspace is not reused.
+        """
+        try:
+            for path in (self.input_csv, self.output_csv, self.log):
+                path.unlink(missing_ok=True)
+            if not _keep_only(self.path, frozenset(), _TOP_DIRS):
+                return False
+            if os.listdir(self.tmp):
+                shutil.rmtree(self.tmp)
+                self.tmp.mkdir(mode=PRIVATE_DIR)
+            return _keep_only(self.cwd.parent, self._model_links, _FRAMEWORK) and _keep_only(
+                self.cwd, self._framework_links
+            )
+        except OSError:
+            return False
 
     @property
     def variables(self) -> dict[str, str]:
@@ -57,10 +81,56 @@ class Workspace:
         self.remove()
 
 
+class WorkspacePool:
+    """Workspaces of one runner, emptied after each run and reused: making one (a folder and
+    its links) and removing it cost more than a fast model's whole run."""
+
+    def __init__(self, root: Path, framework_dir: Path, prefix: str) -> None:
+        self.root = root
+        self.framework_dir = framework_dir
+        self.prefix = prefix
+        self._free: list[Workspace] = []
+
+    def take(self) -> Workspace:
+        if self._free:
+            return self._free.pop()
+        return Workspace(self.root, self.framework_dir, self.prefix)
+
+    def give(self, workspace: Workspace) -> None:
+        if workspace.reset():
+            self._free.append(workspace)
+        else:
+            workspace.remove()
+
+    def close(self) -> None:
+        while self._free:
+            self._free.pop().remove()
+
+
+def _keep_only(folder: Path, links: frozenset[str], dirs: frozenset[str] = frozenset()) -> bool:
+    """Remove the entries of ``folder`` other than the links ``links`` and the folders
+    ``dirs``; False when one of them is gone or is no longer what it was."""
+    seen = 0
+    with os.scandir(folder) as entries:
+        found = list(entries)
+    for entry in found:
+        if entry.name in links or entry.name in dirs:
+            is_link = entry.is_symlink()
+            if is_link != (entry.name in links):
+                return False
+            seen += 1
+        elif entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+    return seen == len(links) + len(dirs)
+
+
 def _link_entries(source: Path, target: Path, *, skip: str = "") -> None:
-    for entry in os.scandir(source):
-        if entry.name != skip:
-            os.symlink(entry.path, target / entry.name)
+    with os.scandir(source) as entries:
+        for entry in entries:
+            if entry.name != skip:
+                os.symlink(entry.path, target / entry.name)
 
 
 def _mirror(framework_dir: Path, root: Path) -> Path:
