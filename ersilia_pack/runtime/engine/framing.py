@@ -84,13 +84,28 @@ class FrameBuffer:
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """The frames ``data`` completes, in order; FrameError when the peer speaks garbage."""
+        return [decode_body(body) for body in self.feed_raw(data)]
+
+    def feed_raw(self, data: bytes) -> list[bytes]:
+        """The bodies of the frames ``data`` completes, undecoded (for passing them on)."""
         self._data += data
-        frames = []
+        bodies = []
         while len(self._data) >= HEADER.size:
             size = decode_size(bytes(self._data[: HEADER.size]))
             end = HEADER.size + size
             if len(self._data) < end:
                 break
-            frames.append(decode_body(bytes(self._data[HEADER.size : end])))
+            bodies.append(bytes(self._data[HEADER.size : end]))
             del self._data[:end]
-        return frames
+        return bodies
+
+
+def frame(body: bytes) -> bytes:
+    """A frame around a body that is already JSON."""
+    return HEADER.pack(len(body)) + body
+
+
+def wrap_reply(call_id: Any, body: bytes) -> bytes:
+    """A frame carrying another process's reply (a JSON body, passed on undecoded) under the
+    id of the call it answers: ``{"id": ..., "reply": {...}}``."""
+    return frame(b'{"id":' + json.dumps(call_id).encode() + b',"reply":' + body + b"}")

@@ -510,7 +510,9 @@ class ForkedPool:
             elif "id" in frame:
                 call = self._calls.pop(frame["id"], None)
                 if call is not None and not call.done():
-                    call.set_result(frame)
+                    # a child's reply comes wrapped, passed on by the parent undecoded
+                    reply = frame.get("reply")
+                    call.set_result(reply if isinstance(reply, dict) else frame)
 
     async def _kill(self, process: ModelProcess, cleanup: Callable[[], None] | None) -> None:
         """Kill the parent's group and every child group it announced, then clean up."""
