@@ -209,7 +209,32 @@ class ModelProcess:
             transport.close()
 
 
-class ProcessPool:
+class _LoadRetrying:
+    """What both pools do when their model process fails to load: say why, and try again
+    after a pause that doubles each time (1 s, 2 s, 4 s ... up to a minute)."""
+
+    RETRY_FIRST = 1.0
+    RETRY_MAX = 60.0
+    name: str
+    load_error: str | None
+    _failures: int
+
+    def _spawn(self, delay: float = 0.0) -> None:
+        raise NotImplementedError
+
+    def _loaded_again(self) -> None:
+        self._failures = 0
+        self.load_error = None
+
+    def _load_failed(self, reason: str, stderr_tail: str) -> None:
+        self.load_error = f"the {self.name} process failed to start: {reason}"
+        self._failures += 1
+        delay = min(self.RETRY_MAX, self.RETRY_FIRST * 2 ** (self._failures - 1))
+        logger.error("%s (trying again in %g s)\n%s", self.load_error, delay, stderr_tail)
+        self._spawn(delay)
+
+
+class ProcessPool(_LoadRetrying):
     """Processes that load once and then answer one frame at a time each (separate workers).
 
     Processes start in the background; a call waits for an idle one. A process that dies is
@@ -217,9 +242,6 @@ class ProcessPool:
     A process that fails to load is tried again with a growing pause, so a model whose load
     failed for a passing reason (a file not yet mounted, memory) comes back by itself.
     """
-
-    RETRY_FIRST = 1.0
-    RETRY_MAX = 60.0
 
     def __init__(
         self,
@@ -245,8 +267,8 @@ class ProcessPool:
         ] = {}  # every live process -> its cleanup
         self._starting: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._failures = 0
         self.load_error: str | None = None
+        self._failures = 0
         self.replaced = 0
 
     @property
@@ -298,17 +320,9 @@ class ProcessPool:
             await self._discard(process)
             self._load_failed("its model failed to load", str(hello.get("error", "")))
             return
-        self._failures = 0
-        self.load_error = None
+        self._loaded_again()
         self._loaded.add(process)
         await self._idle.put(process)
-
-    def _load_failed(self, reason: str, stderr_tail: str) -> None:
-        self.load_error = f"the {self.name} process failed to start: {reason}"
-        self._failures += 1
-        delay = min(self.RETRY_MAX, self.RETRY_FIRST * 2 ** (self._failures - 1))
-        logger.error("%s (trying again in %g s)\n%s", self.load_error, delay, stderr_tail)
-        self._spawn(delay)
 
     async def _discard(self, process: ModelProcess) -> None:
         self._loaded.discard(process)
@@ -370,7 +384,7 @@ class ProcessPool:
         return reply
 
 
-class ForkedPool:
+class ForkedPool(_LoadRetrying):
     """One model-side parent per API that loads once and forks its slots; calls multiplexed.
 
     The parent (the load-once worker or the warm runner in their forked shape) answers up to
@@ -389,8 +403,6 @@ class ForkedPool:
     that fails is tried again with a growing pause, as ProcessPool does.
     """
 
-    RETRY_FIRST = 1.0
-    RETRY_MAX = 60.0
     CANCEL_GRACE = _GRACE
 
     def __init__(
@@ -421,8 +433,8 @@ class ForkedPool:
         self._loaded = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._failures = 0
         self.load_error: str | None = None
+        self._failures = 0
         self.replaced = 0
 
     @property
@@ -478,18 +490,10 @@ class ForkedPool:
         if self._closed:
             await self._kill(process, cleanup)
             return
-        self._failures = 0
-        self.load_error = None
+        self._loaded_again()
         self._parent, self._cleanup = process, cleanup
         self._reader = asyncio.create_task(self._read(process))
         self._loaded.set()
-
-    def _load_failed(self, reason: str, stderr_tail: str) -> None:
-        self.load_error = f"the {self.name} process failed to start: {reason}"
-        self._failures += 1
-        delay = min(self.RETRY_MAX, self.RETRY_FIRST * 2 ** (self._failures - 1))
-        logger.error("%s (trying again in %g s)\n%s", self.load_error, delay, stderr_tail)
-        self._spawn(delay)
 
     async def _read(self, process: ModelProcess) -> None:
         """Route the parent's frames to their calls until it ends."""

@@ -249,7 +249,32 @@ class _ColdExecutor:
         _log_output(self.api.name, output.text())
 
 
-class _WarmExecutor:
+class _OnAPool:
+    """A runner or executor whose model processes are one pool: readiness, load errors,
+    restarts, start and stop are the pool's."""
+
+    pool: ForkedPool | ProcessPool
+
+    @property
+    def ready(self) -> bool:
+        return self.pool.ready
+
+    @property
+    def load_error(self) -> str | None:
+        return self.pool.load_error
+
+    @property
+    def restarts(self) -> int:
+        return self.pool.replaced
+
+    async def start(self) -> None:
+        await self.pool.start()
+
+    async def stop(self) -> None:
+        await self.pool.stop()
+
+
+class _WarmExecutor(_OnAPool):
     """A warm process forks a child per run that executes the script as __main__.
 
     The warm process has imported the script's imports and run it once on the example input
@@ -299,23 +324,9 @@ class _WarmExecutor:
         return workspace.cwd, workspace.variables, args, workspace.remove
 
     @property
-    def ready(self) -> bool:
-        return self.pool.ready
-
-    @property
-    def load_error(self) -> str | None:
-        return self.pool.load_error
-
-    @property
     def restarts(self) -> int:
         """Warm processes replaced, and runs killed by a signal (each run is a process)."""
         return self.pool.replaced + self._killed
-
-    async def start(self) -> None:
-        await self.pool.start()
-
-    async def stop(self) -> None:
-        await self.pool.stop()
 
     async def execute(self, workspace: Workspace, timeout: float) -> None:
         job = {
@@ -406,7 +417,7 @@ class ScriptRunner:
         return align(header, rows, self.api)
 
 
-class LoadOnceRunner:
+class LoadOnceRunner(_OnAPool):
     """A ``<api>.py`` API: ``load()`` runs once, then batches are answered over a pipe.
 
     Forked (the default), one parent loads and forks ``size`` slot children; with
@@ -469,24 +480,6 @@ class LoadOnceRunner:
                 each.remove()
 
         return workspace.cwd, workspace.variables, [json.dumps(slots)], remove
-
-    @property
-    def ready(self) -> bool:
-        return self.pool.ready
-
-    @property
-    def load_error(self) -> str | None:
-        return self.pool.load_error
-
-    @property
-    def restarts(self) -> int:
-        return self.pool.replaced
-
-    async def start(self) -> None:
-        await self.pool.start()
-
-    async def stop(self) -> None:
-        await self.pool.stop()
 
     async def run(self, inputs: list[str], *, timeout: float) -> BatchResult:
         reply = await self.pool.call({"inputs": inputs}, timeout=timeout)
