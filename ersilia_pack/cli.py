@@ -111,7 +111,8 @@ def _install_options(function: Callable[..., Any]) -> Callable[..., Any]:
         default=None,
         metavar="DATE|latest",
         help="resolve with packages uploaded before DATE (default: the card's "
-        "'Last Packaging Date'); 'latest' takes the newest",
+        "'Last Packaging Date', else the model's last git commit, else its files' newest "
+        "modification time); 'latest' takes the newest",
     )(function)
     function = click.option(
         "--installer",

@@ -154,7 +154,8 @@ def pack(
     failed pack leaves earlier bundles untouched and no partial one behind. Structured steps
     install with ``installer`` (uv or pip; by default uv, pip for ``--system``), every step
     resolves as of ``as_of`` (a date, 'latest', or by default the card's ``Last Packaging
-    Date``). Everything written is without group or world write, whatever the caller's umask.
+    Date``, else the model's last git commit, else its files' newest modification time).
+    Everything written is without group or world write, whatever the caller's umask.
     """
     previous = os.umask(NOT_SHARED)
     os.umask(previous | NOT_SHARED)
@@ -193,7 +194,7 @@ def _pack(
     spec = read_model_dir(model_dir, variant=variant)
     for warning in spec.warnings:
         logger.warning("warning: %s", warning)
-    cutoff = choose_cutoff(spec.metadata, as_of)
+    cutoff = choose_cutoff(spec.metadata, as_of, model_dir=spec.root)
     root = repository_root if repository_root is not None else default_eos() / "repository"
     model_repo = _model_repository(root, spec)
     tool = make_installer(

@@ -27,7 +27,7 @@ from ersilia_pack.runtime.bundle.environment import Environment
 
 logger = logging.getLogger("ersilia_pack")
 TAIL_LINES = 25
-NO_CUTOFF = Cutoff(None, "not asked for")
+NO_CUTOFF = Cutoff(None, "latest", "not asked for")
 # pip flags that uv's pip interface takes with the same meaning; a step with any other flag
 # (--no-cache-dir, --trusted-host, --user, ...) runs with the environment's own pip.
 # fmt: off

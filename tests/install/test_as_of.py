@@ -1,11 +1,15 @@
 """Installs resolve as of the model's Last Packaging Date, with uv and with pip, against a
 local index with upload times: unpinned packages get the release of that date, a pinned later
 release still installs (the step is resolved again without the cut-off, and the pack says
-so), --as-of moves or lifts the cut-off, and the manifest records it."""
+so), --as-of moves or lifts the cut-off, and the manifest records it. A card without the date
+resolves as of the model's last git commit, else its files' newest modification time."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,10 +22,11 @@ CARD_CUTOFF = "2024-12-31T00:00:00Z"
 
 
 def _pack(
-    model: str, eos: Path, env: dict[str, str], *args: str
+    model: str | Path, eos: Path, env: dict[str, str], *args: str
 ) -> subprocess.CompletedProcess[str]:
+    model_dir = FIXTURES / model if isinstance(model, str) else model
     return run_command(
-        "ersilia_pack", "--model_dir", FIXTURES / model, "--venv", "--eos", eos, *args, env=env
+        "ersilia_pack", "--model_dir", model_dir, "--venv", "--eos", eos, *args, env=env
     )
 
 
@@ -67,7 +72,7 @@ def test_the_card_date_picks_the_unpinned_release_and_a_later_pin_still_installs
     install = _manifest(bundle)["install"]
     assert install["installer"] == installer
     assert install["as_of"] == CARD_CUTOFF
-    assert install["as_of_source"] == "the model card's 'Last Packaging Date'"
+    assert install["as_of_source"] == "card"
     assert install["resolved_without_as_of"] == [step]
     # --strict: the packed model reproduced its example output (alpha 2.0, beta 2.0)
     assert "example check passed for run" in done.stderr
@@ -85,6 +90,7 @@ def test_as_of_latest_takes_the_newest_release(
     assert "without the cut-off" not in done.stderr
     install = _manifest(bundle)["install"]
     assert (install["as_of"], install["resolved_without_as_of"]) == (None, [])
+    assert install["as_of_source"] == "flag"
     # the example output was made with alpha 2.0: a difference, a warning without --strict
     assert "the packed model's output differs from its example output" in done.stderr
     assert "1 example difference(s)" in done.stderr or "example difference" in done.stderr
@@ -119,3 +125,68 @@ def test_a_bad_as_of_is_a_usage_error(eos: Path, index_env: dict[str, str]) -> N
     assert "--as-of: 'last tuesday' is not a date (e.g. 2025-10-22) nor 'latest'" in done.stderr
     assert "Traceback" not in done.stderr
     assert not eos.exists()
+
+
+def _undated_copy(root: Path, modified: str) -> Path:
+    """The install-as-of-undated fixture (no Last Packaging Date) copied under ``root``, every
+    file last modified at ``modified``."""
+    model = shutil.copytree(FIXTURES / "install-as-of-undated", root / "model")
+    moment = dt.datetime.fromisoformat(modified).timestamp()
+    for path in model.rglob("*"):
+        os.utime(path, (moment, moment))
+    return model
+
+
+def test_a_card_without_a_date_resolves_as_of_its_files_date(
+    tmp_path: Path, index_env: dict[str, str]
+) -> None:
+    model = _undated_copy(tmp_path, "2024-08-01T12:00:00+00:00")
+    # no git checkout above the copy: its files' date is all there is
+    env = {**index_env, "GIT_CEILING_DIRECTORIES": str(tmp_path)}
+
+    done = _pack(model, tmp_path / "eos", env, "--strict")
+
+    bundle = _bundle(done)
+    assert (
+        "resolving as of: packages uploaded before 2024-08-01T12:00:00Z (the model card has no "
+        "'Last Packaging Date': the newest modification time of the model's files, "
+    ) in done.stderr
+    install = _manifest(bundle)["install"]
+    assert (install["as_of"], install["as_of_source"]) == ("2024-08-01T12:00:00Z", "files")
+    # alpha 2.0 (June 2024), not 3.0 (2025): the example output, reproduced under --strict
+    assert "example check passed for run" in done.stderr
+
+
+def test_a_card_without_a_date_resolves_as_of_its_last_git_commit(
+    tmp_path: Path, index_env: dict[str, str]
+) -> None:
+    # Files from March 2024 would give alpha 1.0; the commit of August 2024 gives 2.0.
+    model = _undated_copy(tmp_path, "2024-03-01T12:00:00+00:00")
+    commit_date = "2024-08-01T12:00:00+00:00"
+    git_env = {
+        **os.environ,
+        "GIT_CEILING_DIRECTORIES": str(tmp_path),
+        "GIT_AUTHOR_DATE": commit_date,
+        "GIT_COMMITTER_DATE": commit_date,
+    }
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "."],
+        ["git", "-c", "user.name=Test", "-c", "user.email=t@example.org", "commit", "-qm", "m"],
+    ):
+        subprocess.run(command, cwd=model, env=git_env, check=True, capture_output=True)
+
+    done = _pack(model, tmp_path / "eos", {**index_env, "GIT_CEILING_DIRECTORIES": str(tmp_path)})
+
+    bundle = _bundle(done)
+    assert (
+        "resolving as of: packages uploaded before 2024-08-01T12:00:00Z (the model card has no "
+        "'Last Packaging Date': the model's last git commit, "
+    ) in done.stderr
+    install = _manifest(bundle)["install"]
+    assert (install["as_of"], install["as_of_source"]) == ("2024-08-01T12:00:00Z", "git")
+    python = _manifest(bundle)["environment"]["python"]
+    version = subprocess.run(
+        [python, "-c", "import alpha; print(alpha.VERSION)"], capture_output=True, text=True
+    )
+    assert version.stdout.strip() == "2.0", version.stderr

@@ -4,9 +4,12 @@ where uv keeps its cache."""
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 from pathlib import Path
 
 import pytest
+from helpers import write_tree
 
 from ersilia_pack.errors import PlanError
 from ersilia_pack.install.cutoff import choose_cutoff
@@ -54,27 +57,74 @@ def test_the_table_names_each_package_once() -> None:
 
 
 @pytest.mark.parametrize(
-    ("card", "as_of", "iso", "source"),
+    ("card", "as_of", "iso", "source", "reason"),
     [
-        ({"Last Packaging Date": "2025-10-22"}, None, "2025-10-22T00:00:00Z", "card"),
-        ({"Last Packaging Date": "2025-10-22"}, "latest", None, "--as-of latest"),
-        ({"Last Packaging Date": "2025-10-22"}, "2024-01-31", "2024-01-31T00:00:00Z", "--as-of"),
-        ({}, "2024-01-31T12:30:00+02:00", "2024-01-31T10:30:00Z", "--as-of"),
-        ({}, None, None, "no date"),
+        (
+            {"Last Packaging Date": "2025-10-22"},
+            None,
+            "2025-10-22T00:00:00Z",
+            "card",
+            "the model card's 'Last Packaging Date'",
+        ),
+        ({"Last Packaging Date": "2025-10-22"}, "latest", None, "flag", "--as-of latest"),
+        (
+            {"Last Packaging Date": "2025-10-22"},
+            "2024-01-31",
+            "2024-01-31T00:00:00Z",
+            "flag",
+            "--as-of",
+        ),
+        ({}, "2024-01-31T12:30:00+02:00", "2024-01-31T10:30:00Z", "flag", "--as-of"),
+        ({}, None, None, "latest", "the model card has no 'Last Packaging Date'"),
     ],
 )
 def test_the_cut_off_comes_from_as_of_or_the_card(
-    card: dict[str, str], as_of: str | None, iso: str | None, source: str
+    card: dict[str, str], as_of: str | None, iso: str | None, source: str, reason: str
 ) -> None:
     cutoff = choose_cutoff(card, as_of)
     assert cutoff.iso == iso
-    expected = {
-        "card": "the model card's 'Last Packaging Date'",
-        "no date": "the model card has no 'Last Packaging Date'",
-    }.get(source, source)
-    assert cutoff.source == expected
+    assert (cutoff.source, cutoff.reason) == (source, reason)
     variables = {"UV_EXCLUDE_NEWER": iso, "PIP_UPLOADED_PRIOR_TO": iso} if iso else {}
     assert cutoff.variables() == variables
+
+
+def _dated_model(root: Path, moment: dt.datetime) -> Path:
+    """A model folder outside any git checkout whose files were all last changed at
+    ``moment``."""
+    model = write_tree(root / "model", {"metadata.yml": "Identifier: x\n", "model/run.sh": ""})
+    for path in model.rglob("*"):
+        os.utime(path, (moment.timestamp(), moment.timestamp()))
+    return model
+
+
+@pytest.fixture
+def outside_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tmp_path``, above which git does not look for a repository."""
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    return tmp_path
+
+
+def test_without_a_card_date_the_files_date_is_the_cut_off(outside_git: Path) -> None:
+    model = _dated_model(outside_git, dt.datetime(2024, 8, 1, 12, tzinfo=dt.timezone.utc))
+    cutoff = choose_cutoff({}, None, model_dir=model)
+    assert (cutoff.iso, cutoff.source) == ("2024-08-01T12:00:00Z", "files")
+    assert cutoff.reason == (
+        "the model card has no 'Last Packaging Date': the newest modification time of the "
+        "model's files, metadata.yml"
+    )
+    # the card and --as-of still win
+    assert choose_cutoff({"Last Packaging Date": "2023-01-01"}, None, model_dir=model).source == (
+        "card"
+    )
+    assert choose_cutoff({}, "latest", model_dir=model).iso is None
+
+
+def test_files_dated_in_the_future_leave_the_newest_packages(outside_git: Path) -> None:
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    model = _dated_model(outside_git, now + dt.timedelta(days=3))
+    cutoff = choose_cutoff({}, None, model_dir=model, now=now)
+    assert (cutoff.iso, cutoff.source) == (None, "latest")
+    assert "nor a git commit or file modification time in the past" in cutoff.reason
 
 
 def test_a_card_date_that_is_not_a_date_is_reported_with_the_fix() -> None:
