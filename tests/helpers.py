@@ -230,8 +230,9 @@ def run_leftovers(runs: Path, *, skip: str = "-worker.") -> list[str]:
 
     Run folders are emptied after each run and reused, so the folders themselves stay while
     the server runs; what must not stay is anything in them beyond the links of their working
-    directory and an empty ``tmp/``. Folders whose name contains ``skip`` (a load-once
-    worker's, which lives as long as the worker) are not looked at.
+    directory and an empty ``tmp/`` (a link to the run's TMPDIR). Folders whose name
+    contains ``skip`` (a load-once worker's, which lives as long as the worker) are not
+    looked at.
     """
     found: list[str] = []
     if not runs.is_dir():
@@ -246,4 +247,8 @@ def run_leftovers(runs: Path, *, skip: str = "-worker.") -> list[str]:
             if path.is_dir() and str(relative) in {"tmp", "model", "model/framework"}:
                 continue
             found.append(f"{folder.name}/{relative}")
+        # the run's TMPDIR is a short folder elsewhere that ``tmp`` links to
+        tmp = folder / "tmp"
+        if tmp.is_symlink() and tmp.is_dir():
+            found.extend(f"{folder.name}/tmp/{p.relative_to(tmp)}" for p in sorted(tmp.rglob("*")))
     return found

@@ -96,3 +96,31 @@ def test_a_reused_folder_holds_nothing_of_the_run_before(tmp_path: Path) -> None
     assert not again.path.exists()
     assert pool.take() is not again
     pool.close()
+
+
+def test_a_runs_tmpdir_is_short_and_private_wherever_the_bundle_lives(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / ("f" * 60)
+    framework = _model(deep / "bundle")
+    runs = deep / "bundle" / "state" / "runs"
+    old = os.umask(0)
+    try:
+        with Workspace(runs, framework, "run") as workspace:
+            tmp = Path(workspace.variables["TMPDIR"])
+            # room for multiprocessing's pymp-XXXXXXXX/listener-XXXXXXXX below 107 bytes
+            assert len(os.fsencode(tmp)) + 33 < 107
+            assert stat.S_IMODE(tmp.stat().st_mode) == 0o700
+            assert (workspace.path / "tmp").resolve() == tmp.resolve()
+    finally:
+        os.umask(old)
+    assert not tmp.exists()
+
+
+def test_the_tmpdir_of_a_server_that_is_gone_is_swept_with_its_folder(tmp_path: Path) -> None:
+    framework = _model(tmp_path / "bundle")
+    runs = tmp_path / "bundle" / "state" / "runs"
+    workspace = Workspace(runs, framework, "run")
+    (workspace.tmp / "left.txt").write_text("x\n")
+    dead = runs / "run.999999999.abcdefgh"
+    workspace.path.rename(dead)
+    assert sweep(runs) == 1
+    assert not dead.exists() and not workspace.tmp.exists()

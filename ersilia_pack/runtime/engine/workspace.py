@@ -5,6 +5,11 @@ private ``model/framework/`` whose entries are links to the framework folder's e
 ``model/`` whose other entries are links to the model folder's, so ``../checkpoints`` works
 as it does from the framework folder). A script still finds the framework's files by relative
 path, but a file it creates in its working directory (``tmp_input.smi``) is its own.
+
+The run's ``TMPDIR`` is not inside the workspace but a short private folder under the system's
+temporary folder (``tmp`` in the workspace links to it): programs put Unix sockets there
+(Python's multiprocessing does), and a socket's path may be at most 107 bytes, which a
+bundle's own path alone can exceed.
 """
 
 from __future__ import annotations
@@ -16,8 +21,29 @@ import tempfile
 from pathlib import Path
 
 PRIVATE_DIR = 0o700
-_TOP_DIRS = frozenset({"tmp", "model"})
+_TOP_DIRS = frozenset({"model"})
+_TOP_LINKS = frozenset({"tmp"})
 _FRAMEWORK = frozenset({"framework"})
+TMP_PREFIX = "ersilia-run-"
+# The longest temporary folder a run's TMPDIR goes under: room is left for what programs put
+# in it (multiprocessing: pymp-XXXXXXXX/listener-XXXXXXXX, 33 bytes) below the 107 of a socket.
+SHORT_ROOT_MAX = 48
+
+
+def short_tmp_root() -> Path:
+    """Where runs' TMPDIRs go: the system's temporary folder when its path is short, else
+    ``/tmp``."""
+    root = tempfile.gettempdir()
+    if len(os.fsencode(root)) <= SHORT_ROOT_MAX or not os.access("/tmp", os.W_OK | os.X_OK):
+        return Path(root)
+    return Path("/tmp")
+
+
+def short_tmp() -> Path:
+    """A new private folder (0700, whatever the umask) with a short path, for one TMPDIR."""
+    path = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=short_tmp_root()))
+    os.chmod(path, PRIVATE_DIR)
+    return path
 
 
 def private_dir(path: Path) -> Path:
@@ -39,8 +65,8 @@ class Workspace:
         self.input_csv = self.path / "input.csv"
         self.output_csv = self.path / "output.csv"
         self.log = self.path / "run.log"
-        self.tmp = self.path / "tmp"
-        self.tmp.mkdir(mode=PRIVATE_DIR)
+        self.tmp = short_tmp()
+        os.symlink(self.tmp, self.path / "tmp")
         self.cwd = _mirror(framework_dir, self.path)
         self._framework_links = frozenset(os.listdir(self.cwd))
         self._model_links = frozenset(os.listdir(self.cwd.parent)) - _FRAMEWORK
@@ -54,11 +80,11 @@ class Workspace:
         try:
             for path in (self.input_csv, self.output_csv, self.log):
                 path.unlink(missing_ok=True)
-            if not _keep_only(self.path, frozenset(), _TOP_DIRS):
+            if not _keep_only(self.path, _TOP_LINKS, _TOP_DIRS):
                 return False
-            if os.listdir(self.tmp):
-                shutil.rmtree(self.tmp)
-                self.tmp.mkdir(mode=PRIVATE_DIR)
+            if not self.tmp.is_dir() or self.tmp.is_symlink():
+                return False
+            _keep_only(self.tmp, frozenset())
             return _keep_only(self.cwd.parent, self._model_links, _FRAMEWORK) and _keep_only(
                 self.cwd, self._framework_links
             )
@@ -72,6 +98,7 @@ class Workspace:
         return {"TMPDIR": tmp, "TMP": tmp, "TEMP": tmp}
 
     def remove(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
         shutil.rmtree(self.path, ignore_errors=True)
 
     def __enter__(self) -> Workspace:
@@ -154,9 +181,20 @@ def sweep(root: Path) -> int:
         parts = entry.name.split(".")
         if len(parts) < 3 or not parts[-2].isdigit() or _alive(int(parts[-2])):
             continue
+        _remove_linked_tmp(entry / "tmp")
         shutil.rmtree(entry, ignore_errors=True)
         removed += 1
     return removed
+
+
+def _remove_linked_tmp(link: Path) -> None:
+    """Remove the TMPDIR a workspace's ``tmp`` link points to, when it is one of ours."""
+    try:
+        target = Path(os.readlink(link))
+    except OSError:
+        return
+    if target.name.startswith(TMP_PREFIX) and target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
