@@ -21,7 +21,7 @@ from ersilia_pack.containerize import DEFAULT_BASE, ENGINES, containerize, defau
 from ersilia_pack.errors import ErsiliaPackError
 from ersilia_pack.install import BACKENDS
 from ersilia_pack.install.installer import INSTALLERS
-from ersilia_pack.kube import KubeOptions, object_name, write_manifests
+from ersilia_pack.kube import KubeOptions, apply_hint, write_manifests
 from ersilia_pack.pack import DEFAULT_KEEP, lint, pack
 from ersilia_pack.runtime.settings import ServeSettings
 from ersilia_pack.serve import serve
@@ -757,12 +757,8 @@ def containerize_cli(
     if kube_dir is not None:
         options = KubeOptions(image=image, replicas=replicas, max_replicas=max_replicas, cpu=cpu)
         written = write_manifests(spec, kube_dir, options)
-        secret = f"{object_name(spec.model_id)}-api-key"
         click.echo(f"wrote {', '.join(path.name for path in written)} into {kube_dir}")
-        click.echo(
-            f"apply them: kubectl create secret generic {secret} --from-literal=api-key=KEY "
-            f"&& kubectl apply -f {kube_dir}"
-        )
+        click.echo(apply_hint(spec.model_id, kube_dir))
 
 
 pack_command = _run(pack_cli)

@@ -2,8 +2,9 @@
 
 The Deployment's readiness probe is ``/readyz`` and its liveness probe ``/healthz``; the API key
 comes from a Secret the user creates; every replica points ``ERSILIA_PACK_REDIS_URL`` at the
-Redis written beside it, so jobs, chunk claims and the result cache are shared. A
-HorizontalPodAutoscaler scales the replicas on CPU.
+Redis written beside it, so jobs, chunk claims and the result cache are shared. Redis asks for
+a password from a second Secret the user creates, and a NetworkPolicy lets only the model's
+pods reach it. A HorizontalPodAutoscaler scales the replicas on CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ logger = logging.getLogger("ersilia_pack")
 # Docker sets for port 80 and Kubernetes does not. The Service answers on 80.
 POD_PORT = 8080
 SERVER_OVERHEAD_MIB = 256
+API_KEY_FIELD = "api-key"
+REDIS_PASSWORD_FIELD = "password"
+# Named ERSILIA_*, so the server keeps it from the model's processes.
+REDIS_PASSWORD_VARIABLE = "ERSILIA_PACK_REDIS_PASSWORD"
 MANIFESTS = ("deployment.yaml", "service.yaml", "hpa.yaml", "redis.yaml")
 _MEMORY_KEYS = ("memory gb", "memory")
 _UNITS_MIB = {
@@ -70,6 +75,9 @@ class KubeContext(BaseModel):
     secret_key: str
     redis_name: str
     redis_image: str
+    redis_secret_name: str
+    redis_secret_key: str
+    redis_password_variable: str
     redis_url: str
 
 
@@ -138,10 +146,24 @@ def kube_context(spec: ModelSpec, options: KubeOptions) -> KubeContext:
         uid=SERVE_UID,
         repository_dir=f"/eos/repository/{spec.model_id}",
         secret_name=f"{name}-api-key",
-        secret_key="api-key",
+        secret_key=API_KEY_FIELD,
         redis_name=f"{name}-redis",
         redis_image=options.redis_image,
-        redis_url=f"redis://{name}-redis:6379/0",
+        redis_secret_name=f"{name}-redis",
+        redis_secret_key=REDIS_PASSWORD_FIELD,
+        redis_password_variable=REDIS_PASSWORD_VARIABLE,
+        redis_url=f"redis://:$({REDIS_PASSWORD_VARIABLE})@{name}-redis:6379/0",
+    )
+
+
+def apply_hint(model_id: str, kube_dir: Path) -> str:
+    """How to apply the manifests: create the two Secrets they read, then apply them."""
+    name = object_name(model_id)
+    return (
+        f"apply them: kubectl create secret generic {name}-api-key "
+        f"--from-literal={API_KEY_FIELD}=KEY && kubectl create secret generic {name}-redis "
+        f'--from-literal={REDIS_PASSWORD_FIELD}="$(openssl rand -hex 32)" '
+        f"&& kubectl apply -f {kube_dir}"
     )
 
 

@@ -45,6 +45,7 @@ def manifests(model_dir: Path, out: Path, *args: str) -> dict[tuple[str, str], d
     assert done.returncode == 0, done.stderr
     assert f"into {out}" in done.stdout
     assert "kubectl create secret generic eos-demo-api-key" in done.stdout
+    assert "kubectl create secret generic eos-demo-redis --from-literal=password=" in done.stdout
     objects: dict[tuple[str, str], dict[str, Any]] = {}
     for path in sorted(out.glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
@@ -73,6 +74,7 @@ def test_manifests_validate_and_wire_probes_secret_and_redis(tmp_path: Path) -> 
         ("HorizontalPodAutoscaler", "eos-demo"),
         ("Deployment", "eos-demo-redis"),
         ("Service", "eos-demo-redis"),
+        ("NetworkPolicy", "eos-demo-redis"),
     }
     deployment = objects[("Deployment", "eos-demo")]
     assert deployment["spec"]["replicas"] == 3
@@ -88,7 +90,18 @@ def test_manifests_validate_and_wire_probes_secret_and_redis(tmp_path: Path) -> 
         "name": "eos-demo-api-key",
         "key": "api-key",
     }
-    assert env["ERSILIA_PACK_REDIS_URL"]["value"] == "redis://eos-demo-redis:6379/0"
+    # The Redis password comes from its Secret, into the URL through a variable defined
+    # before it (Kubernetes expands $(NAME) only for those).
+    names = [item["name"] for item in container["env"]]
+    assert names.index("ERSILIA_PACK_REDIS_PASSWORD") < names.index("ERSILIA_PACK_REDIS_URL")
+    assert env["ERSILIA_PACK_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "eos-demo-redis",
+        "key": "password",
+    }
+    assert (
+        env["ERSILIA_PACK_REDIS_URL"]["value"]
+        == "redis://:$(ERSILIA_PACK_REDIS_PASSWORD)@eos-demo-redis:6379/0"
+    )
     assert env["ERSILIA_PACK_WORKERS"]["value"] == "1"
     # 2 GiB for the one worker and 256 MiB for the server, asked for and capped alike.
     assert container["resources"] == {
@@ -109,7 +122,29 @@ def test_manifests_validate_and_wire_probes_secret_and_redis(tmp_path: Path) -> 
     redis_service = objects[("Service", "eos-demo-redis")]["spec"]
     assert redis_service["selector"].items() <= redis["metadata"]["labels"].items()
     assert redis_service["ports"][0]["port"] == 6379
-    assert redis["spec"]["containers"][0]["ports"][0]["containerPort"] == 6379
+    (redis_container,) = redis["spec"]["containers"]
+    assert redis_container["ports"][0]["containerPort"] == 6379
+
+    # Redis asks for the password of the same Secret; its probe (redis-cli) sends it.
+    args = redis_container["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDISCLI_AUTH)"
+    assert env_of(redis_container)["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"] == {
+        "name": "eos-demo-redis",
+        "key": "password",
+    }
+    assert redis_container["readinessProbe"]["exec"]["command"] == ["redis-cli", "ping"]
+
+    # Only the model's pods may reach Redis, on its port alone.
+    policy = objects[("NetworkPolicy", "eos-demo-redis")]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= redis["metadata"]["labels"].items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    assert set(source) == {"podSelector"}  # no namespaceSelector or ipBlock: this namespace
+    allowed = source["podSelector"]["matchLabels"]
+    assert allowed.items() <= labels.items()
+    assert not allowed.items() <= redis["metadata"]["labels"].items()
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
 
     hpa = objects[("HorizontalPodAutoscaler", "eos-demo")]["spec"]
     assert hpa["scaleTargetRef"] == {
