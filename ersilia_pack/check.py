@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,22 +35,19 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from ersilia_pack.errors import RenderError, ServeError
-from ersilia_pack.runtime.bundle.columns import convert_value
+from ersilia_pack.runtime.bundle.examples import Rows, compare, row_differences
 from ersilia_pack.runtime.bundle.loader import create_bundle_app, forget_bundle_app
 from ersilia_pack.runtime.bundle.manifest import ApiDefinition, load_bundle, write_manifest
 from ersilia_pack.runtime.settings import ServeSettings
 
 logger = logging.getLogger("ersilia_pack")
 
-RELATIVE_TOLERANCE = 1e-4  # between the example output file and the model's answer only
 WARM_CHECK_MIN_SECONDS = 30.0
 # A warm or overlapping run may take this many times the cold run before it counts as hung.
 TIME_FACTOR = 10
 OVERLAPPING_REQUESTS = 4
 OVERLAPPING_WORKERS = 2  # slots: each loads the model, so few
 MAX_REPORTED = 10
-
-Rows = list[list[Any] | None]
 
 
 @dataclass
@@ -77,31 +75,6 @@ class Answer:
     error: str | None = None  # the request itself failed (status and detail)
     timed_out: bool = False
     seconds: float = 0.0
-
-
-def same_value(expected: Any, actual: Any) -> bool:
-    """Equal, or numbers within a relative 1e-4 (nulls equal nulls)."""
-    if expected is None or actual is None:
-        return expected is None and actual is None
-    if isinstance(expected, (int, float)) and isinstance(actual, (int, float)):
-        return math.isclose(expected, actual, rel_tol=RELATIVE_TOLERANCE, abs_tol=1e-12)
-    return bool(expected == actual)
-
-
-def compare(api: ApiDefinition, rows: Rows) -> list[str]:
-    """Differences between answered rows and the API's example output, one line each."""
-    differences: list[str] = []
-    for number, (expected_raw, actual) in enumerate(zip(api.example_output, rows), start=1):
-        for position, column in enumerate(api.columns):
-            raw = expected_raw[position] if position < len(expected_raw) else ""
-            expected = convert_value(raw, column.type)
-            value = actual[position] if actual is not None and position < len(actual) else None
-            if not same_value(expected, value):
-                differences.append(
-                    f"{api.name}: row {number}, column {column.name!r} is "
-                    f"{value!r}; the example output says {raw!r}"
-                )
-    return differences
 
 
 def _detail(response: Any) -> str:
@@ -136,13 +109,29 @@ def post_inputs(client: TestClient, api: ApiDefinition, inputs: list[str]) -> An
 
 
 @contextlib.contextmanager
+def check_state_dir(bundle_dir: Path) -> Iterator[Path]:
+    """A state folder for one check inside the bundle's own (``state/check-XXXXXXXX``): the
+    runs see the paths they will see when served, or longer ones, so what passes here passes
+    there. Removed afterwards, with ``state/`` itself when the check made it."""
+    own = bundle_dir / "state"
+    made = not own.exists()
+    own.mkdir(mode=0o700, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="check-", dir=own) as state:
+            yield Path(state)
+    finally:
+        if made:
+            shutil.rmtree(own, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def serving(bundle_dir: Path, **settings: Any) -> Iterator[TestClient]:
     """The bundle's generated app, started, with its state in a temporary folder.
 
     Settings are explicit (ERSILIA_PACK_* variables of the packing shell do not apply) and
     the result cache is off, so every request runs the model.
     """
-    with tempfile.TemporaryDirectory(prefix="ersilia-pack-check-") as state:
+    with check_state_dir(bundle_dir) as state:
         values = {"workers": 1, "cache_size": 0, **settings, "state_dir": state}
         try:
             app = create_bundle_app(bundle_dir, ServeSettings.model_validate(values))
@@ -182,7 +171,7 @@ def check_app(bundle_dir: Path) -> None:
     RenderError when the app cannot import or document itself.
     """
     try:
-        with tempfile.TemporaryDirectory(prefix="ersilia-pack-check-") as state:
+        with check_state_dir(bundle_dir) as state:
             settings = ServeSettings.model_validate({"workers": 1, "state_dir": state})
             try:
                 app = create_bundle_app(bundle_dir, settings)
@@ -275,9 +264,11 @@ def _overlapping_runs(
             return f"fail: the input {name[:80]!r} failed ({reason})"
         if compare_values:
             single_rows = [expected[value] for value in values]
-            difference = _first_difference(single_rows, answer.rows, values)
-            if difference:
-                return f"disagree: {difference}"
+            # within the example check's tolerance: the last bit of a double may differ
+            differences = row_differences(api, single_rows, answer.rows, values)
+            if differences:
+                more = f" (and {len(differences) - 1} more cells)" if len(differences) > 1 else ""
+                return f"disagree: {differences[0]}{more}"
     return None
 
 

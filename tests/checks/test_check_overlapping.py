@@ -98,3 +98,11 @@ def test_runs_in_a_shared_working_directory_stay_apart_under_30_concurrent_reque
     ) as url:
         answers = post_concurrently(url)
     assert_each_got_its_own_rows(answers)
+
+
+def test_runs_that_differ_in_the_last_bit_of_a_double_still_overlap(tmp_path: Path) -> None:
+    # Overlapping runs are compared as the example check compares (a relative 1e-4), so a
+    # model whose floats move in the last place between runs is not served one at a time.
+    stderr, api = pack_cli("last-bit-noise", tmp_path / "eos")
+    assert api["serial"] is False, stderr
+    assert "one run at a time" not in stderr
