@@ -162,7 +162,15 @@ def _pack_and_report(model_dir: Path, repository_root: Path | None, **options: A
     help="EOS folder (default $EOS or ~/eos); the bundle goes to EOS/repository/ID",
 )
 @click.option("--force", is_flag=True, help="rebuild the environment even if one fits")
-@click.option("--variant", default=None, help="use install_<variant>.sh")
+@click.option(
+    "--variant",
+    default="auto",
+    show_default=True,
+    metavar="auto|default|NAME",
+    help="the install script: auto takes install_gpu.sh where an NVIDIA GPU is, "
+    "install_arm.sh on arm64, else install.sh; default takes install.sh; NAME takes "
+    "install_NAME.sh",
+)
 @click.option(
     "--conda_env_name",
     "--conda-env-name",
@@ -479,7 +487,13 @@ def model_serve_cli(
     type=click.Path(path_type=Path),
     help="the model repository to check",
 )
-@click.option("--variant", default=None, help="check install_<variant>.sh")
+@click.option(
+    "--variant",
+    default="auto",
+    show_default=True,
+    metavar="auto|default|NAME",
+    help="check the install script this variant picks (see ersilia_pack --help)",
+)
 def model_lint_cli(repo_path: Path, variant: str | None) -> None:
     """Validate a model repository and report every problem at once."""
     spec = lint(repo_path, variant=variant)
@@ -714,6 +728,11 @@ def _megabytes(size: int | None) -> str:
 )
 @click.option("--no-build", "no_build", is_flag=True, help="only write the manifests (with --kube)")
 @click.option(
+    "--gpu",
+    is_flag=True,
+    help="pack the model with its GPU variant (install_gpu.sh), for hosts with NVIDIA GPUs",
+)
+@click.option(
     "--no-cache",
     "no_cache",
     is_flag=True,
@@ -731,6 +750,7 @@ def containerize_cli(
     cpu: int,
     no_build: bool,
     no_cache: bool,
+    gpu: bool,
     verbose: bool,
     quiet: bool,
 ) -> None:
@@ -741,7 +761,9 @@ def containerize_cli(
     spec = lint(model_dir)
     image = tag or default_tag(spec)
     if not no_build:
-        result = containerize(model_dir, tag=image, base=base, engine=engine, no_cache=no_cache)
+        result = containerize(
+            model_dir, tag=image, base=base, engine=engine, no_cache=no_cache, gpu=gpu
+        )
         above = (
             None
             if result.base_size is None or result.python_size is None
@@ -751,9 +773,7 @@ def containerize_cli(
             f"built {result.tag} with {result.engine}: {_megabytes(result.size)} "
             f"(on {result.base_tag}, whose layers above {base} take {_megabytes(above)})"
         )
-        # Docker lets a container's non-root user bind port 80; podman needs the sysctl.
-        sysctl = "--sysctl net.ipv4.ip_unprivileged_port_start=80 " * (result.engine == "podman")
-        click.echo(f"serve it: {result.engine} run {sysctl}-p 8080:80 {result.tag}")
+        click.echo(f"serve it: {result.run_command()}")
     if kube_dir is not None:
         options = KubeOptions(image=image, replicas=replicas, max_replicas=max_replicas, cpu=cpu)
         written = write_manifests(spec, kube_dir, options)

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from ersilia_pack import __version__
 from ersilia_pack.errors import ErsiliaPackError, InstallError
+from ersilia_pack.install.variant import GPU
 from ersilia_pack.model_dir import ModelSpec, read_model_dir
 
 logger = logging.getLogger("ersilia_pack")
@@ -428,6 +429,7 @@ class DockerfileContext(BaseModel):
     uid: int
     pip_conf: str
     ca_bundle: str | None
+    variant: str | None
 
 
 def default_tag(spec: ModelSpec) -> str:
@@ -436,10 +438,17 @@ def default_tag(spec: ModelSpec) -> str:
 
 
 def model_dockerfile(
-    spec: ModelSpec, *, base_image: str, with_ca: bool, context_digest: str = ""
+    spec: ModelSpec,
+    *,
+    base_image: str,
+    with_ca: bool,
+    context_digest: str = "",
+    variant: str | None = None,
 ) -> str:
     """The model image's Dockerfile, on ``base_image``; ``context_digest`` is the
-    :func:`tree_digest` of the model folder the build mounts."""
+    :func:`tree_digest` of the model folder the build mounts; ``variant`` is the ``--variant``
+    the pack inside runs with (None: auto, which a build without a GPU takes as install.sh, or
+    install_arm.sh on arm64)."""
     return render_file(
         "container/Dockerfile.j2",
         DockerfileContext(
@@ -452,8 +461,25 @@ def model_dockerfile(
             uid=SERVE_UID,
             pip_conf=PIP_CONF_TARGET,
             ca_bundle=CA_TARGET if with_ca else None,
+            variant=variant,
         ),
     )
+
+
+def image_variant(spec: ModelSpec, *, gpu: bool) -> str | None:
+    """The ``--variant`` of the pack inside the image: ``gpu`` for a GPU image of a model that
+    has ``install_gpu.sh``, else None (auto)."""
+    if not gpu:
+        return None
+    if (spec.root / f"install_{GPU}.sh").is_file():
+        logger.info("packing the image with install_%s.sh (--gpu)", GPU)
+        return GPU
+    logger.warning(
+        "--gpu: the model has no install_%s.sh; the image installs what --variant auto picks "
+        "in the build (install.sh, or install_arm.sh on arm64)",
+        GPU,
+    )
+    return None
 
 
 @dataclass(frozen=True)
@@ -468,6 +494,17 @@ class ImageResult:
     base_size: int | None
     python_size: int | None
     dockerfile: str
+    gpu: bool = False
+
+    def run_command(self, port: int = 8080) -> str:
+        """How to serve the image: Docker lets a container's non-root user bind port 80,
+        podman needs the sysctl; a GPU image gets the host's NVIDIA GPUs."""
+        flags = []
+        if self.gpu:
+            flags.append("--gpus all" if self.engine == "docker" else "--device nvidia.com/gpu=all")
+        if self.engine == "podman":
+            flags.append("--sysctl net.ipv4.ip_unprivileged_port_start=80")
+        return " ".join([self.engine, "run", *flags, f"-p {port}:80", self.tag])
 
 
 def containerize(
@@ -478,12 +515,15 @@ def containerize(
     engine: str | None = None,
     settings: IndexSettings | None = None,
     no_cache: bool = False,
+    gpu: bool = False,
 ) -> ImageResult:
     """Build ``model_dir``'s image (and the base image under it when it is missing).
 
     ``no_cache`` builds both again from scratch, e.g. to pick up new releases of unpinned
-    dependencies."""
+    dependencies. ``gpu`` packs the model with its GPU variant (``install_gpu.sh``): a build
+    has no GPU to find, so the pack inside would not pick it by itself."""
     spec = read_model_dir(model_dir)
+    variant = image_variant(spec, gpu=gpu)
     image = tag or default_tag(spec)
     found = find_engine(engine)
     settings = settings if settings is not None else host_index_settings()
@@ -498,6 +538,7 @@ def containerize(
             base_image=base_image,
             with_ca=bool(settings.ca_bundle),
             context_digest=tree_digest(context / "model"),
+            variant=variant,
         )
         (context / "Dockerfile").write_text(dockerfile, encoding="utf-8")
         logger.debug("the model image's Dockerfile:\n%s", dockerfile)
@@ -520,4 +561,5 @@ def containerize(
         base_size=found.image_size(base_image),
         python_size=found.image_size(base),
         dockerfile=dockerfile,
+        gpu=gpu,
     )

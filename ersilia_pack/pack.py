@@ -20,6 +20,7 @@ from ersilia_pack.install.base import EnvRequest, install
 from ersilia_pack.install.cutoff import choose_cutoff
 from ersilia_pack.install.installer import default_installer, make_installer
 from ersilia_pack.install.translate import log_decisions
+from ersilia_pack.install.variant import choose_variant
 from ersilia_pack.install.venv import COMPLETE, ENVS_DIR
 from ersilia_pack.model_dir import ModelSpec, read_model_dir
 from ersilia_pack.render import new_tag, render_bundle
@@ -191,7 +192,8 @@ def _pack(
     installer: str,
     as_of: str | None,
 ) -> PackResult:
-    spec = read_model_dir(model_dir, variant=variant)
+    choice = choose_variant(Path(model_dir).expanduser(), variant)
+    spec = read_model_dir(model_dir, variant=choice.name)
     for warning in spec.warnings:
         logger.warning("warning: %s", warning)
     cutoff = choose_cutoff(spec.metadata, as_of, model_dir=spec.root)
@@ -215,6 +217,7 @@ def _pack(
             backend,
             tool.name,
         )
+        logger.info("install file: %s (%s)", spec.plan.source or "none", choice.reason)
         logger.info("resolving as of: %s", cutoff.describe())
         log_decisions(translation.decisions)
         request = EnvRequest(
@@ -238,6 +241,8 @@ def _pack(
             as_of=cutoff.iso,
             as_of_source=cutoff.source,
             resolved_without_as_of=prepared.without_cutoff,
+            variant=choice.label,
+            variant_reason=choice.reason,
             conda_translation=[decision.model_dump() for decision in translation.decisions],
         )
         logger.info("rendering the bundle")
@@ -262,5 +267,6 @@ def _pack(
 
 
 def lint(model_dir: Path, *, variant: str | None = None) -> ModelSpec:
-    """Validate a model directory only; ModelDirError lists every problem."""
-    return read_model_dir(model_dir, variant=variant)
+    """Validate a model directory only (with the install script ``variant`` picks, see
+    :func:`choose_variant`); ModelDirError lists every problem."""
+    return read_model_dir(model_dir, variant=choose_variant(Path(model_dir), variant).name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import re
 import shlex
 from pathlib import Path
@@ -327,14 +326,12 @@ def plan_from_dockerfile(path: Path, problems: list[Problem]) -> InstallPlan:
 
 
 def pick_install_script(model_dir: Path, variant: str | None) -> Path | None:
-    """``install_<variant>.sh`` when asked for (or matching this platform), else install.sh."""
-    candidates = [variant] if variant else []
-    machine = platform.machine().lower()
-    if not variant and machine in ("arm64", "aarch64"):
-        candidates.append("arm")
-    for name in candidates:
-        if name and (model_dir / f"install_{name}.sh").is_file():
-            return model_dir / f"install_{name}.sh"
+    """``install_<variant>.sh`` when it exists, else install.sh (None: neither exists).
+
+    Which variant fits the machine is decided before (:mod:`ersilia_pack.install.variant`).
+    """
+    if variant and (model_dir / f"install_{variant}.sh").is_file():
+        return model_dir / f"install_{variant}.sh"
     plain = model_dir / "install.sh"
     return plain if plain.is_file() else None
 

@@ -12,10 +12,12 @@ from ersilia_pack.containerize import (
     CA_TARGET,
     PIP_CONF_TARGET,
     ContainerError,
+    ImageResult,
     IndexSettings,
     PipConfContext,
     find_engine,
     host_index_settings,
+    image_variant,
     model_dockerfile,
     render_file,
 )
@@ -116,6 +118,28 @@ def test_model_dockerfile_mounts_secrets_and_bakes_no_ca() -> None:
     assert "COPY" not in with_ca and "ADD " not in with_ca
     without = model_dockerfile(spec, base_image="localhost/base:x", with_ca=False)
     assert "ca-bundle" not in without and "SSL_CERT_FILE" not in without
+
+
+def test_a_gpu_image_packs_the_gpu_variant_and_says_how_to_give_it_the_gpus() -> None:
+    with_gpu = read_model_dir(FIXTURES / "install-for-machine")
+    assert image_variant(with_gpu, gpu=True) == "gpu"
+    assert image_variant(with_gpu, gpu=False) is None
+    # a model without install_gpu.sh: the pack in the build picks (install.sh on x86_64)
+    assert image_variant(read_model_dir(DEMO_DIR), gpu=True) is None
+    dockerfile = model_dockerfile(with_gpu, base_image="b", with_ca=False, variant="gpu")
+    assert "ersilia_pack --model_dir /build/model --system --eos /eos --variant gpu " in dockerfile
+    plain = model_dockerfile(with_gpu, base_image="b", with_ca=False)
+    assert "ersilia_pack --model_dir /build/model --system --eos /eos \\\n" in plain
+    built = {"tag": "m:1", "base_tag": "b", "model_id": "m", "size": None, "base_size": None}
+    figures = {**built, "python_size": None, "dockerfile": ""}
+    assert ImageResult(engine="docker", gpu=True, **figures).run_command() == (
+        "docker run --gpus all -p 8080:80 m:1"
+    )
+    assert ImageResult(engine="podman", gpu=True, **figures).run_command() == (
+        "podman run --device nvidia.com/gpu=all "
+        "--sysctl net.ipv4.ip_unprivileged_port_start=80 -p 8080:80 m:1"
+    )
+    assert ImageResult(engine="docker", **figures).run_command() == "docker run -p 8080:80 m:1"
 
 
 def test_no_engine_on_path_is_a_clear_error(

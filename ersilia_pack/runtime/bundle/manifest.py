@@ -53,6 +53,9 @@ class InstallRecord(BaseModel):
     as_of: str | None = None
     as_of_source: str = ""
     resolved_without_as_of: list[str] = []
+    # the install script variant that ran (gpu, arm, ... or default: install.sh), and why
+    variant: str = ""
+    variant_reason: str = ""
     # under --venv/--system: what became of each conda package ({step, conda, action, pip, note})
     conda_translation: list[dict[str, str]] = []
 
