@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 from ersilia_pack.client import Client, Job, NotFound
 from ersilia_pack.errors import ErsiliaPackError, ServeError
+from ersilia_pack.runtime.inputs import InputError, read_file
 
 logger = logging.getLogger("ersilia_pack.batch")
 
@@ -76,10 +77,11 @@ class BatchSummary:
 
 
 def read_inputs(path: Path) -> list[str]:
-    """The inputs of a file: the first column of a CSV with a header (``.csv``), else one input
-    per line; blank lines are skipped."""
+    """The inputs of a file, read as the server reads a body: a CSV with a header (``.csv``;
+    the input column is input, smiles or text by name), else one input per line. Inputs are
+    kept as they are; only blank lines are skipped."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return read_file(path)
     except FileNotFoundError as error:
         raise InputFileError(f"input file {path} does not exist") from error
     except IsADirectoryError as error:
@@ -88,19 +90,8 @@ def read_inputs(path: Path) -> list[str]:
         raise InputFileError(f"input file {path} is not UTF-8 text: {error}") from error
     except OSError as error:
         raise InputFileError(f"input file {path} cannot be read: {error}") from error
-    if path.suffix.lower() == ".csv":
-        try:
-            rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
-        except csv.Error as error:
-            raise InputFileError(f"input file {path} is not a readable CSV: {error}") from error
-        values = [row[0].strip() for row in rows[1:] if row[0].strip()]
-        where = "below its header row (the inputs are its first column)"
-    else:
-        values = [line.strip() for line in text.splitlines() if line.strip()]
-        where = "(one input per line)"
-    if not values:
-        raise InputFileError(f"input file {path} holds no inputs {where}")
-    return values
+    except InputError as error:
+        raise InputFileError(f"input file {path}: {error}") from error
 
 
 def _output_format(path: Path) -> str:
@@ -116,11 +107,18 @@ def _output_format(path: Path) -> str:
     return kind
 
 
+# A cell a spreadsheet would run as a formula (OWASP, "CSV Injection"); a leading quote
+# makes it text.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, (dict, list)):
-        return json.dumps(value)
+        value = json.dumps(value)
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
     return value
 
 
@@ -142,7 +140,7 @@ class _Writer:
         empty = [None] * len(self.columns)
         if self.kind == "csv":
             return self._csv(
-                [value, *(_cell(cell) for cell in (row if row is not None else empty))]
+                [_cell(value), *(_cell(cell) for cell in (row if row is not None else empty))]
                 for value, row in zip(inputs, rows)
             )
         parts = []

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas
 import pytest
 
 from ersilia_pack.runtime.bundle.columns import Column, type_rows
 from ersilia_pack.runtime.http.io import InputError, dumps, parse_inputs, shape
+from ersilia_pack.runtime.inputs import read_csv, write_csv
 
 
 def body(payload: Any) -> bytes:
@@ -201,3 +205,83 @@ def test_type_rows_and_dumps_never_write_nan() -> None:
     assert dumps(shape(typed, ["x", "y"], "values")) == b"[[null,2],[null,null],[1.5,null]]"
     with pytest.raises(ValueError):
         dumps([float("nan")])
+
+
+# One codec: what a body, a batch file and the model's input file hold
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("\r", "carriage return"),
+        ("a\rb", "carriage return"),
+        ("a\nb", "line feed"),
+        ("a\x00b", "NUL"),
+        ("a\u2028b", "line separator"),
+        ("a\x0bb", "vertical tab"),
+    ],
+)
+def test_an_input_that_cannot_be_one_line_is_422_naming_the_character(
+    value: str, named: str
+) -> None:
+    with pytest.raises(InputError) as caught:
+        parse_inputs("application/json", body(["CCO", value]))
+    assert caught.value.status_code == 422
+    assert "input 1" in str(caught.value)
+    assert named in str(caught.value)
+    # a quoted line break in a CSV upload is refused the same way
+    with pytest.raises(InputError, match=named):
+        parse_inputs("text/csv", b'input\nCCO\n"' + value.encode() + b'"\n')
+
+
+def test_the_model_input_file_gives_every_reader_one_record_per_input(tmp_path: Path) -> None:
+    inputs = ["CCO", "", " spaced ", "a,b", 'say "hi"', "tab\there", "é ü"]
+    path = tmp_path / "input.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        write_csv(handle, inputs)
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        assert [row[0] for row in list(csv.reader(handle))[1:]] == inputs
+    frame = pandas.read_csv(path, keep_default_na=False)
+    assert frame["input"].tolist() == inputs
+    with path.open(encoding="utf-8") as handle:
+        assert len(handle.readlines()) == len(inputs) + 1
+    assert read_csv(path.read_text(encoding="utf-8")) == inputs
+
+
+def test_the_model_input_file_refuses_an_input_of_two_lines(tmp_path: Path) -> None:
+    with (
+        (tmp_path / "input.csv").open("w", newline="") as handle,
+        pytest.raises(InputError, match="input 1 holds a carriage return"),
+    ):
+        write_csv(handle, ["CCO", "a\rb"])
+
+
+def test_text_plain_is_one_input_per_line() -> None:
+    raw = b"CCO\r\nc1ccccc1\n\n  spaced  \nlast"
+    assert parse_inputs("text/plain", raw) == ["CCO", "c1ccccc1", "  spaced  ", "last"]
+    with pytest.raises(InputError, match="no inputs"):
+        parse_inputs("text/plain; charset=utf-8", b"\n\n")
+
+
+@pytest.mark.parametrize("raw", [b"CCO\nc1ccccc1\n", b"CCO,1\nCCN,2\n"])
+def test_a_csv_without_a_header_is_422_asking_for_one(raw: bytes) -> None:
+    with pytest.raises(InputError) as caught:
+        parse_inputs("text/csv", raw)
+    assert caught.value.status_code == 422
+    assert "'CCO" in str(caught.value)
+    assert "add a header" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"id,smiles\nm1,CCO\nm2,CCN\n", ["CCO", "CCN"]),
+        (b"ID,Canonical_SMILES\nm1,CCO\n", ["CCO"]),
+        (b"key,molecule\nk1,CCO\n", ["CCO"]),
+        # a quoted empty input is an input; spaces are kept; blank lines are not inputs
+        (b'smiles\n""\n\n CCO \n', ["", " CCO "]),
+    ],
+)
+def test_csv_column_choice_and_kept_values(raw: bytes, expected: list[str]) -> None:
+    assert parse_inputs("text/csv", raw) == expected

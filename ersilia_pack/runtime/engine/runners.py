@@ -34,6 +34,7 @@ from ersilia_pack.runtime.engine.processes import (
     reap,
 )
 from ersilia_pack.runtime.engine.workspace import Workspace, WorkspacePool
+from ersilia_pack.runtime.inputs import InputError, write_csv
 
 __all__ = [
     "BatchResult",
@@ -144,11 +145,16 @@ def _warn_once(key: str, message: str) -> None:
 
 
 def write_input_csv(path: Path, inputs: list[str]) -> None:
-    """The input file a script reads: a header row, then one input per row."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["input"])
-        writer.writerows([value] for value in inputs)
+    """The input file a script reads: a header row, then one input per line.
+
+    An input that cannot be one line never reaches the file (RunFailed, so the engine gives
+    it a null row): it would shift every later row onto another input.
+    """
+    try:
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            write_csv(handle, inputs)
+    except InputError as error:
+        raise RunFailed(str(error)) from error
 
 
 def read_output_csv(path: Path, expected: int) -> tuple[list[str], list[list[str]]]:

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any, Literal
 
+from ersilia_pack.runtime.inputs import InputError, check_lines, read_csv, read_lines
+
 Orient = Literal["records", "split", "columns", "index", "values"]
 ORIENTS: tuple[str, ...] = ("records", "split", "columns", "index", "values")
-INPUT_HEADERS = ("input", "smiles", "text")
-
-
-class InputError(ValueError):
-    """A request body that cannot be read as a list of inputs; carries the HTTP status."""
-
-    def __init__(self, message: str, status_code: int = 422) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 def _describe(value: Any) -> str:
@@ -47,6 +38,7 @@ def inputs_from_json(payload: Any) -> list[str]:
                 f"item {position} is {_describe(item)}: each input must be a string "
                 "or an object with an 'input' string"
             )
+    check_lines(inputs)
     return inputs
 
 
@@ -63,20 +55,8 @@ def _text(position: int, value: str) -> str:
 
 
 def inputs_from_csv(text: str) -> list[str]:
-    """Read a CSV upload with a header; the input column is input, smiles or the first."""
-    try:
-        # newline="" lets the csv module see quoted line breaks and lone carriage returns.
-        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
-    except csv.Error as error:
-        raise InputError(f"the CSV upload cannot be read: {error}", 400) from error
-    if not rows:
-        raise InputError("the CSV upload is empty: send a header row and one input per row")
-    header = [name.strip().lower() for name in rows[0]]
-    column = next((header.index(name) for name in INPUT_HEADERS if name in header), 0)
-    inputs = [row[column] if column < len(row) else "" for row in rows[1:]]
-    if not inputs:
-        raise InputError("the CSV upload has a header but no inputs")
-    return inputs
+    """Read a CSV upload with a header; the input column is input, smiles or text by name."""
+    return read_csv(text)
 
 
 def _csv_from_multipart(content_type: str, body: bytes) -> str:
@@ -118,13 +98,15 @@ def parse_inputs(content_type: str, body: bytes) -> list[str]:
         except RecursionError as error:
             raise InputError("the body is nested too deeply: send a flat JSON list", 400) from error
         return inputs_from_json(payload)
-    if media in ("text/csv", "application/csv", "text/plain"):
+    if media in ("text/csv", "application/csv"):
         return inputs_from_csv(body.decode("utf-8-sig", errors="replace"))
+    if media == "text/plain":
+        return read_lines(body.decode("utf-8-sig", errors="replace"))
     if media == "multipart/form-data":
         return inputs_from_csv(_csv_from_multipart(content_type, body))
     raise InputError(
-        f"content type {media!r} is not supported: send application/json, text/csv "
-        "or a multipart/form-data CSV upload",
+        f"content type {media!r} is not supported: send application/json, text/csv, "
+        "text/plain (one input per line) or a multipart/form-data CSV upload",
         415,
     )
 
