@@ -52,10 +52,13 @@ def test_rows_follow_the_input_order_and_keep_duplicates(client: TestClient) -> 
     assert rows[3] == {"length": 1, "upper": "A", "vowel_ratio": 1.0}
 
 
-def test_empty_string_input_gives_nulls_where_the_model_wrote_nothing(client: TestClient) -> None:
+def test_empty_string_input_keeps_the_empty_string_and_nulls_empty_numbers(
+    client: TestClient,
+) -> None:
     rows = client.post("/run", json=["", "CCO"]).json()
 
-    assert rows == [{"length": 0, "upper": None, "vowel_ratio": None}, EXAMPLE_OUTPUT[0]]
+    # The upper-case of "" is "" (a string column keeps it); an empty number cell is null.
+    assert rows == [{"length": 0, "upper": "", "vowel_ratio": None}, EXAMPLE_OUTPUT[0]]
 
 
 @pytest.mark.parametrize(

@@ -68,10 +68,48 @@ def test_integer(raw: Any, expected: int | None) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("CCO", "CCO"), ("0012", "0012"), (5, "5"), (1.5, "1.5"), ("", None), ("nan", None)],
+    [
+        ("CCO", "CCO"),
+        ("0012", "0012"),
+        (5, "5"),
+        (1.5, "1.5"),
+        # a string column keeps what the model wrote: "" and the words pandas reads as NA
+        ("", ""),
+        ("NA", "NA"),
+        ("NULL", "NULL"),
+        ("N/A", "N/A"),
+        ("NAN", "NAN"),
+        ("nan", "nan"),
+        # only no value at all is null
+        (None, None),
+        (math.nan, None),
+    ],
 )
 def test_string(raw: Any, expected: str | None) -> None:
-    assert convert_value(raw, "string") == expected
+    value = convert_value(raw, "string")
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+@pytest.mark.parametrize("raw", ["", "nan", "NA", "NULL", math.inf])
+def test_numeric_columns_read_missing_values_as_null(raw: Any) -> None:
+    assert convert_value(raw, "float") is None
+    assert convert_value(raw, "integer") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ([1.0, math.nan], [1.0, None]),
+        ([[math.inf, 2], {"x": -math.inf}], [[None, 2], {"x": None}]),
+        ({"a": [math.nan], "b": "NA"}, {"a": [None], "b": "NA"}),
+        ((1, math.nan), [1, None]),
+    ],
+)
+def test_nested_values_are_cleaned_like_top_level_ones(raw: Any, expected: Any) -> None:
+    value = convert_value(raw, "other")
+    assert value == expected
+    json.dumps(value, allow_nan=False)  # fit for a reply and for a job's stored rows
 
 
 @pytest.mark.parametrize(

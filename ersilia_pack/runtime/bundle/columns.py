@@ -68,20 +68,38 @@ def is_null(value: Any) -> bool:
 def convert_value(value: Any, column_type: str) -> Any:
     """Convert one raw value (a CSV string or a Python object) to its column's JSON type.
 
-    Empty, ``nan`` and non-finite values become ``None``; a value that cannot be read as its
-    column's type becomes ``None`` too, so a response never breaks its own schema.
+    A string column keeps every string as it is (``""``, ``NA``, ``NULL`` included); only no
+    value or a non-finite number is ``None`` there. In other columns empty, ``nan`` and the like
+    are ``None``, and a value that cannot be read as its column's type becomes ``None`` too, so
+    a response never breaks its own schema. Lists and dicts (``other``) are cleaned inside:
+    non-finite numbers become ``None``, numpy scalars plain values.
     """
-    if is_null(value):
-        return None
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()  # numpy scalars
+    if column_type == "string":
+        if isinstance(value, str):
+            return value
+        return None if is_null(value) else str(value)
+    if is_null(value):
+        return None
     if column_type == "float":
         return _as_float(value)
     if column_type == "integer":
         return _as_int(value)
-    if column_type == "string":
-        return value if isinstance(value, str) else str(value)
-    return _looks_like(value)
+    return _clean(_looks_like(value))
+
+
+def _clean(value: Any) -> Any:
+    """A nested value fit for JSON: non-finite numbers are None at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [_clean(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _clean(item) for key, item in value.items()}
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return _clean(value.item())
+    return value
 
 
 def infer_type(values: list[str]) -> ColumnType:
