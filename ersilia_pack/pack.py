@@ -234,6 +234,7 @@ def _pack(
         if backend == "venv" and prefix and not prepared.reused:
             strip_shared_write(Path(prefix))
         record = InstallRecord(
+            source=spec.plan.source,
             python=spec.plan.python,
             steps=[step.display() for step in translation.plan.steps],
             reused_environment=prepared.reused,

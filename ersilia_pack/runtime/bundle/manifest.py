@@ -45,6 +45,8 @@ class ApiDefinition(BaseModel):
 class InstallRecord(BaseModel):
     """What the install did, kept in the manifest."""
 
+    # the file the plan came from: install.sh, install_<variant>.sh, install.yml or Dockerfile
+    source: str = ""
     python: str | None = None
     steps: list[str] = []
     reused_environment: bool = False

@@ -1,7 +1,10 @@
-"""The result cache: typed rows by (model hash, API, input), kept in the store.
+"""The result cache: typed rows by (what was installed, API, input), kept in the store.
 
-The model hash is part of every key, so a repacked model whose files changed never answers
-from the rows of the old one. Models whose output varies from run to run are never cached.
+Every key covers what can change an output: the model hash and the install behind the bundle
+(plan and variant, backend, installer, resolution date, Python, ersilia-pack version). So a
+repacked model whose files changed, or the same model installed another way, never answers
+from the rows of the other, even where both share a state folder or a Redis. Models whose
+output varies from run to run are never cached.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import hashlib
 import json
 from typing import Any
 
-from ersilia_pack.runtime.bundle.manifest import Bundle
+from ersilia_pack.runtime.bundle.manifest import Bundle, Manifest
 from ersilia_pack.runtime.settings import ServeSettings
 from ersilia_pack.runtime.state.store import Store
 
@@ -30,12 +33,31 @@ def output_varies(bundle: Bundle) -> bool:
     return any("generative" in str(item).lower() for item in tasks)
 
 
+def cache_namespace(manifest: Manifest) -> str:
+    """A digest of everything in a bundle's manifest that can change what the model outputs.
+
+    Left out: when and where it was packed (tag, time, environment path) and whether an
+    environment was reused, so replicas and repacks that install the same way share rows.
+    """
+    install = manifest.install.model_dump(exclude={"reused_environment", "as_of_source"})
+    material = {
+        "model_hash": manifest.model_hash,
+        "ersilia_pack_version": manifest.ersilia_pack_version,
+        "backend": manifest.environment.backend,
+        "python_version": manifest.environment.python_version,
+        "variables": manifest.environment.variables,
+        "install": install,
+    }
+    text = json.dumps(material, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class ResultCache:
     """Rows of one bundle's APIs, bounded to ``size`` rows (the oldest go first)."""
 
-    def __init__(self, store: Store, *, model_hash: str, size: int, enabled: bool = True) -> None:
+    def __init__(self, store: Store, *, namespace: str, size: int, enabled: bool = True) -> None:
         self.store = store
-        self.model_hash = model_hash
+        self.namespace = namespace
         self.size = size
         self.enabled = enabled and size > 0
 
@@ -43,13 +65,13 @@ class ResultCache:
     def for_bundle(cls, store: Store, bundle: Bundle, settings: ServeSettings) -> ResultCache:
         return cls(
             store,
-            model_hash=bundle.manifest.model_hash,
+            namespace=cache_namespace(bundle.manifest),
             size=settings.cache_size,
             enabled=not output_varies(bundle),
         )
 
     def key(self, api: str, value: str) -> bytes:
-        return hashlib.sha256(f"{self.model_hash}\0{api}\0{value}".encode()).digest()
+        return hashlib.sha256(f"{self.namespace}\0{api}\0{value}".encode()).digest()
 
     async def fetch(self, api: str, inputs: list[str]) -> dict[str, Row]:
         """Cached rows by input, for the inputs that are cached."""
