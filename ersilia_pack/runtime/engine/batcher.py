@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ class ModelBroken(RunError):
 SINGLE_SLOT_BACKGROUND_BATCH = 32
 
 
+# A queued input: the input itself (de-duplicated), or (input, draw number) where every
+# occurrence of an input is a run of its own (models whose output varies).
+_Key = str | tuple[str, int]
+
+
 class ApiEngine:
     """Runs inputs of one API through a runner.
 
@@ -55,14 +61,17 @@ class ApiEngine:
         timeout: float = 600.0,
         batch_wait: float = 0.0,
         probe_input: str | None = None,
+        dedupe: bool = True,
     ) -> None:
         self.runner = runner
+        self.dedupe = dedupe
+        self._draws = itertools.count()
         self.timeout = timeout
         self.batch_size = max(1, batch_size)
         self.batch_wait = batch_wait
         self.probe_input = probe_input
-        self._pending: OrderedDict[str, list[asyncio.Future[Outcome]]] = OrderedDict()
-        self._background: OrderedDict[str, list[asyncio.Future[Outcome]]] = OrderedDict()
+        self._pending: OrderedDict[_Key, list[asyncio.Future[Outcome]]] = OrderedDict()
+        self._background: OrderedDict[_Key, list[asyncio.Future[Outcome]]] = OrderedDict()
         self._background_limit = max(1, runner.concurrency - 1)
         self._background_running = 0
         self._wakeup = asyncio.Event()
@@ -96,29 +105,33 @@ class ApiEngine:
         await self.runner.stop()
 
     async def predict(self, inputs: list[str], *, background: bool = False) -> list[Outcome]:
-        """One outcome per input, in order; duplicates are computed once.
+        """One outcome per input, in order; duplicates are computed once unless ``dedupe`` is
+        off (an output that varies: each occurrence is a draw of its own).
 
         Background work (jobs) waits behind interactive requests and never holds every slot.
         """
         loop = asyncio.get_running_loop()
         queue = self._background if background else self._pending
-        futures: dict[str, asyncio.Future[Outcome]] = {}
-        for value in inputs:
-            if value not in futures:
+        keys: list[_Key] = (
+            list(inputs) if self.dedupe else [(value, next(self._draws)) for value in inputs]
+        )
+        futures: dict[_Key, asyncio.Future[Outcome]] = {}
+        for key in keys:
+            if key not in futures:
                 future: asyncio.Future[Outcome] = loop.create_future()
-                futures[value] = future
-                queue.setdefault(value, []).append(future)
+                futures[key] = future
+                queue.setdefault(key, []).append(future)
         self._wakeup.set()
         try:
             await asyncio.gather(*futures.values())
         finally:
             self._forget(queue, futures)
-        return [futures[value].result() for value in inputs]
+        return [futures[key].result() for key in keys]
 
     @staticmethod
     def _forget(
-        queue: OrderedDict[str, list[asyncio.Future[Outcome]]],
-        futures: dict[str, asyncio.Future[Outcome]],
+        queue: OrderedDict[_Key, list[asyncio.Future[Outcome]]],
+        futures: dict[_Key, asyncio.Future[Outcome]],
     ) -> None:
         """Drop a cancelled request's inputs that no run has taken yet."""
         for value, future in futures.items():
@@ -128,7 +141,7 @@ class ApiEngine:
                 if not waiting:
                     del queue[value]
 
-    def _next_queue(self) -> OrderedDict[str, list[asyncio.Future[Outcome]]] | None:
+    def _next_queue(self) -> OrderedDict[_Key, list[asyncio.Future[Outcome]]] | None:
         if self._pending:
             return self._pending
         if self._background and self._background_running < self._background_limit:
@@ -152,7 +165,7 @@ class ApiEngine:
             if queue is self._background and self.runner.concurrency == 1:
                 limit = min(limit, SINGLE_SLOT_BACKGROUND_BATCH)
             size = min(limit, -(-len(queue) // free))
-            batch: OrderedDict[str, list[asyncio.Future[Outcome]]] = OrderedDict()
+            batch: OrderedDict[_Key, list[asyncio.Future[Outcome]]] = OrderedDict()
             while queue and len(batch) < size:
                 value, waiting = queue.popitem(last=False)
                 batch[value] = waiting
@@ -164,10 +177,10 @@ class ApiEngine:
             task.add_done_callback(self._running.discard)
 
     async def _run_batch(
-        self, batch: OrderedDict[str, list[asyncio.Future[Outcome]]], background: bool = False
+        self, batch: OrderedDict[_Key, list[asyncio.Future[Outcome]]], background: bool = False
     ) -> None:
         try:
-            inputs = list(batch)
+            inputs = [key if isinstance(key, str) else key[0] for key in batch]
             try:
                 outcomes = await self._run_splitting(inputs)
             except Exception as error:  # every caller of the batch must hear of any failure

@@ -25,7 +25,7 @@ from ersilia_pack.runtime.engine.runners import (
     ScriptRunner,
 )
 from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.runtime.state.cache import ResultCache
+from ersilia_pack.runtime.state.cache import ResultCache, output_varies
 
 logger = logging.getLogger("ersilia_pack.runtime")
 
@@ -121,6 +121,9 @@ class ModelService:
         self.cache = cache
         self.engines: dict[str, ApiEngine] = {}
         slots = slots_per_api(settings, len(bundle.manifest.apis))
+        # One run per input only where the output is Fixed: a draw of a varying model is
+        # never handed to another input, or to another request.
+        dedupe = not output_varies(bundle)
         for api in bundle.manifest.apis:
             size = settings.batch_size or DEFAULT_BATCH[api.kind]
             self.engines[api.name] = ApiEngine(
@@ -129,6 +132,7 @@ class ModelService:
                 timeout=settings.timeout,
                 batch_wait=settings.batch_wait_ms / 1000,
                 probe_input=api.example_input[0] if api.example_input else None,
+                dedupe=dedupe,
             )
 
     def has_api(self, name: str) -> bool:
