@@ -36,10 +36,12 @@ def output_varies(bundle: Bundle) -> bool:
 def cache_namespace(manifest: Manifest) -> str:
     """A digest of everything in a bundle's manifest that can change what the model outputs.
 
-    Left out: when and where it was packed (tag, time, environment path) and whether an
-    environment was reused, so replicas and repacks that install the same way share rows.
+    Left out: when and where it was packed (tag, time, environment path), whether an
+    environment was reused and why a date or variant was chosen, so replicas and repacks that
+    install the same way share rows.
     """
-    install = manifest.install.model_dump(exclude={"reused_environment", "as_of_source"})
+    narration = {"reused_environment", "as_of_source", "variant_reason"}
+    install = manifest.install.model_dump(exclude=narration)
     material = {
         "model_hash": manifest.model_hash,
         "ersilia_pack_version": manifest.ersilia_pack_version,
