@@ -18,6 +18,7 @@ from ersilia_pack.errors import ModelDirError, Problem, RenderError
 from ersilia_pack.install import get_backend
 from ersilia_pack.install.base import EnvRequest, install
 from ersilia_pack.install.cutoff import choose_cutoff
+from ersilia_pack.install.index_map import index_map_from_env, map_indexes
 from ersilia_pack.install.installer import default_installer, make_installer
 from ersilia_pack.install.translate import log_decisions
 from ersilia_pack.install.variant import choose_variant
@@ -197,6 +198,7 @@ def _pack(
     for warning in spec.warnings:
         logger.warning("warning: %s", warning)
     cutoff = choose_cutoff(spec.metadata, as_of, model_dir=spec.root)
+    index_map = index_map_from_env()
     root = repository_root if repository_root is not None else default_eos() / "repository"
     model_repo = _model_repository(root, spec)
     tool = make_installer(
@@ -220,10 +222,11 @@ def _pack(
         logger.info("install file: %s (%s)", spec.plan.source or "none", choice.reason)
         logger.info("resolving as of: %s", cutoff.describe())
         log_decisions(translation.decisions)
+        plan = map_indexes(translation.plan, index_map)
         request = EnvRequest(
             model_id=spec.model_id,
             repository_dir=model_repo,
-            plan=translation.plan,
+            plan=plan,
             env_name=env_name,
             force=force,
             cutoff=cutoff,
@@ -236,7 +239,7 @@ def _pack(
         record = InstallRecord(
             source=spec.plan.source,
             python=spec.plan.python,
-            steps=[step.display() for step in translation.plan.steps],
+            steps=[step.display() for step in plan.steps],
             reused_environment=prepared.reused,
             installer=tool.name,
             as_of=cutoff.iso,
@@ -247,7 +250,7 @@ def _pack(
             conda_translation=[decision.model_dump() for decision in translation.decisions],
         )
         logger.info("rendering the bundle")
-        installed = spec.model_copy(update={"plan": translation.plan})
+        installed = spec.model_copy(update={"plan": plan})
         render_bundle(installed, staging, tag=tag, environment=prepared.environment, install=record)
         warnings = _run_check(staging, strict=strict, spec=spec) if check else []
         if not check:

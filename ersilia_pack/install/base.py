@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ersilia_pack.errors import InstallError, PlanError
 from ersilia_pack.install.cutoff import Cutoff
+from ersilia_pack.install.index_map import explain_unreachable, unreachable
 from ersilia_pack.install.installer import (
     PIP_WITH_CUTOFF,
     Installer,
@@ -122,7 +123,11 @@ class Backend:
         """``uv pip install`` when uv installs, else the environment's own pip."""
         if self.uses_uv(args):
             assert self.installer.uv is not None
-            return [self.installer.uv, "pip", "install", "--python", environment.python, *args]
+            return [
+                self.installer.uv,
+                *("pip", "install", "--python", environment.python),
+                *_uv_index_args(args),
+            ]
         return [environment.python, "-m", "pip", "install", *args]
 
     def pip_follows_cutoff(self, environment: Environment, request: EnvRequest) -> bool:
@@ -161,6 +166,21 @@ class Backend:
 
     def discard(self, request: EnvRequest, prepared: PreparedEnv) -> None:
         """Called when a step failed (e.g. to remove a half-made environment)."""
+
+
+def _uv_index_args(args: list[str]) -> list[str]:
+    """pip's ``--index-url`` as uv's ``--default-index``: uv lets ``UV_DEFAULT_INDEX`` win over
+    an ``--index-url`` given on the command line, but not over ``--default-index``, and a step
+    that names its index must get that index."""
+    mapped: list[str] = []
+    for arg in args:
+        if arg in ("-i", "--index-url"):
+            mapped.append("--default-index")
+        elif arg.startswith("--index-url="):
+            mapped.append("--default-index=" + arg.split("=", 1)[1])
+        else:
+            mapped.append(arg)
+    return mapped
 
 
 def run_step(
@@ -215,7 +235,8 @@ def _run_with_cutoff(
     try:
         run_step(step, command, environment, cwd, variables={**variables, **cut})
     except InstallError as error:
-        if not cut or not failed_to_resolve(error.tail):
+        # an index that cannot be reached fails the same way without the cut-off
+        if not cut or not failed_to_resolve(error.tail) or unreachable(error.tail):
             raise
         logger.warning(
             "step %s: nothing fits with packages uploaded before %s; resolving it again "
@@ -242,8 +263,14 @@ def install(backend: Backend, request: EnvRequest, *, cwd: Path) -> PreparedEnv:
     try:
         for number, step in enumerate(request.plan.steps, start=1):
             logger.info("install %d/%d", number, total)
-            if _run_with_cutoff(backend, step, request, prepared.environment, cwd):
-                dropped.append(step.name)
+            try:
+                if _run_with_cutoff(backend, step, request, prepared.environment, cwd):
+                    dropped.append(step.name)
+            except InstallError as error:
+                explained = explain_unreachable(error, step)
+                if explained is error:
+                    raise
+                raise explained from error
     except BaseException:
         backend.discard(request, prepared)
         raise
