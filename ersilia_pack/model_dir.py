@@ -19,6 +19,7 @@ from ersilia_pack.install.plan import InstallPlan, read_plan
 from ersilia_pack.metadata import is_safe_name, read_metadata
 from ersilia_pack.runtime.bundle.columns import COLUMN_TYPES, Column, infer_type
 from ersilia_pack.runtime.bundle.manifest import ApiDefinition
+from ersilia_pack.runtime.http.routes import RESERVED_API_NAMES
 
 _INPUT_HEADERS = ("input", "smiles", "text")
 _ID_HEADERS = ("key", "input", "smiles", "text")
@@ -312,6 +313,16 @@ def _read_apis(model_dir: Path, problems: list[Problem]) -> list[ApiDefinition]:
                 )
             )
             continue
+        if name in RESERVED_API_NAMES:
+            problems.append(
+                Problem(
+                    f"model/framework/{script}",
+                    f"API name {name!r} is reserved: every served model has a route /{name}",
+                    "rename the script; the reserved API names are "
+                    + ", ".join(sorted(RESERVED_API_NAMES)),
+                )
+            )
+            continue
         apis.append(_read_api(model_dir, name, script, kind, class_name, problems))
     if not apis:
         problems.append(
@@ -367,6 +378,41 @@ def _check_symlinks(model_dir: Path, problems: list[Problem]) -> bool:
             if parent != checkpoints and checkpoints not in parent.parents:
                 readable = False
     return readable
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _check_special_files(model_dir: Path, problems: list[Problem]) -> bool:
+    """Report pipes, sockets and devices: reading one (to hash or copy it) may never end.
+
+    Returns False when there is one, so validation stops before reading anything.
+    """
+    found = False
+    for current, dirs, files in os.walk(model_dir):
+        dirs[:] = [d for d in dirs if d not in _IGNORED_DIRS]
+        for name in files:
+            path = Path(current) / name
+            try:
+                mode = path.lstat().st_mode  # links are _check_symlinks' business
+            except OSError:
+                continue
+            kind = next((kind for test, kind in _SPECIAL_FILES if test(mode)), None)
+            if kind is not None:
+                found = True
+                problems.append(
+                    Problem(
+                        str(path.relative_to(model_dir)),
+                        f"is {kind}, not a regular file",
+                        "remove it: a model directory holds only files, folders and links to them",
+                    )
+                )
+    return not found
 
 
 def find_lfs_pointers(model_dir: Path) -> list[LfsPointer]:
@@ -433,7 +479,8 @@ def read_model_dir(model_dir: Path, *, variant: str | None = None) -> ModelSpec:
             ]
         )
     problems: list[Problem] = []
-    if not _check_symlinks(model_dir, problems):
+    links_readable = _check_symlinks(model_dir, problems)
+    if not _check_special_files(model_dir, problems) or not links_readable:
         raise ModelDirError(problems, str(model_dir))
     metadata, metadata_name = read_metadata(model_dir, problems)
     plan = read_plan(model_dir, problems, variant=variant)
