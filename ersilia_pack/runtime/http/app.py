@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 import uuid
@@ -25,6 +26,7 @@ from ersilia_pack.runtime.http import job_routes as job_routes
 from ersilia_pack.runtime.http import metrics, ui
 from ersilia_pack.runtime.http.body import read_inputs
 from ersilia_pack.runtime.http.io import dumps, shape
+from ersilia_pack.runtime.http.openapi import get_and_head
 from ersilia_pack.runtime.http.security import add_api_keys
 from ersilia_pack.runtime.settings import ServeSettings
 from ersilia_pack.runtime.state.cache import ResultCache
@@ -88,18 +90,21 @@ async def predict_response(
 def _add_shared_routes(app: FastAPI, bundle: Bundle) -> None:
     model_id, slug = bundle.manifest.model_id, bundle.manifest.slug
 
-    @app.get(
+    async def root(request: Request) -> Response:
+        if ui.wants_html(request):
+            return ui.page_redirect(request)
+        return json_response({model_id: slug}, headers={"Vary": "Accept"})
+
+    get_and_head(
+        app,
         "/",
+        root,
         tags=["model"],
         summary="Model id and slug",
         description="A browser (Accept: text/html) is sent to the page at /ui instead.",
         response_model=dict[str, str],
         responses={307: {"description": "to the page at /ui, for a browser"}},
     )
-    async def root(request: Request) -> Response:
-        if ui.wants_html(request):
-            return ui.page_redirect(request)
-        return json_response({model_id: slug}, headers={"Vary": "Accept"})
 
     async def info() -> dict[str, Any]:
         apis = list(bundle.apis)
@@ -151,47 +156,54 @@ def _add_shared_routes(app: FastAPI, bundle: Bundle) -> None:
             raise HTTPException(404, f"field {field!r} is not in the card of {model_id}")
         return card[field]
 
-    @app.get("/healthz", tags=["health"], summary="The server is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get(
-        "/readyz",
-        tags=["health"],
-        summary="Every API can answer now",
-        responses={503: {"description": "an API cannot answer yet"}},
-    )
+    get_and_head(app, "/healthz", healthz, tags=["health"], summary="The server is alive")
+
     async def readyz(request: Request) -> JSONResponse:
         service = service_of(request)
         apis = {name: engine.ready for name, engine in service.engines.items()}
         ready = all(apis.values())
         return JSONResponse({"ready": ready, "apis": apis}, status_code=200 if ready else 503)
 
+    get_and_head(
+        app,
+        "/readyz",
+        readyz,
+        tags=["health"],
+        summary="Every API can answer now",
+        responses={503: {"description": "an API cannot answer yet"}},
+    )
+
 
 def _add_docs(app: FastAPI, title: str) -> None:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # FastAPI's page helpers write the title into the page as it is.
+    page_title = html.escape(title)
 
-    @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
         return get_swagger_ui_html(
             openapi_url=f"{root}/openapi.json",
-            title=f"{title} - docs",
+            title=f"{page_title} - docs",
             swagger_js_url=f"{root}/static/swagger-ui-bundle.js",
             swagger_css_url=f"{root}/static/swagger-ui.css",
             swagger_favicon_url=f"{root}/static/favicon-32x32.png",
         )
 
-    @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
         return get_redoc_html(
             openapi_url=f"{root}/openapi.json",
-            title=f"{title} - reference",
+            title=f"{page_title} - reference",
             redoc_js_url=f"{root}/static/redoc.standalone.js",
             redoc_favicon_url=f"{root}/static/favicon-32x32.png",
             with_google_fonts=False,
         )
+
+    get_and_head(app, "/docs", docs, include_in_schema=False)
+    get_and_head(app, "/redoc", redoc, include_in_schema=False)
 
 
 class RequestIdMiddleware:
@@ -280,7 +292,9 @@ def build_app(bundle_dir: Path, settings: ServeSettings | None = None) -> FastAP
 
     app = FastAPI(
         title=f"{bundle.manifest.model_id}: {title}",
-        description=str(card.get("Description", "")),
+        # The docs pages render the description as Markdown, HTML in it included (the title
+        # they show as text): escaped, a card's markup shows as the text it is.
+        description=html.escape(str(card.get("Description", ""))),
         version=f"{bundle.manifest.tag} (ersilia_pack {__version__})",
         docs_url=None,
         redoc_url=None,

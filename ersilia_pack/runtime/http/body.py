@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import HTTPException, Request
 
 from ersilia_pack.runtime.http.io import InputError, parse_inputs
 from ersilia_pack.runtime.settings import ServeSettings
+
+# Bodies bigger than this are parsed on a thread, off the event loop.
+PARSE_IN_THREAD_BYTES = 1024 * 1024
 
 
 async def read_inputs(
@@ -24,8 +29,13 @@ async def read_inputs(
         body.extend(chunk)
         if len(body) > max_body:
             raise HTTPException(413, f"the body is larger than {max_body} bytes")
+    content_type = request.headers.get("content-type", "")
     try:
-        inputs = parse_inputs(request.headers.get("content-type", ""), bytes(body))
+        if len(body) > PARSE_IN_THREAD_BYTES:
+            # Parsing takes a second per ~15 MB, which would stall every other request.
+            inputs = await asyncio.to_thread(parse_inputs, content_type, bytes(body))
+        else:
+            inputs = parse_inputs(content_type, bytes(body))
     except InputError as error:
         raise HTTPException(error.status_code, str(error)) from error
     if len(inputs) > max_inputs:

@@ -31,6 +31,15 @@ PREFIX = "ersilia_pack"
 # A model run takes from milliseconds to minutes.
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 UNMATCHED = "unmatched"
+# Label values come from a fixed set, whatever callers send: a made-up method or path must
+# not add a series (each one is kept for the life of the server).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+OTHER_METHOD = "other"
+
+
+def method_label(method: str) -> str:
+    """The request's method if it is a standard one, else ``other``."""
+    return method if method in METHODS else OTHER_METHOD
 
 
 class Metrics:
@@ -139,7 +148,10 @@ class _Routes:
         self._templates: list[tuple[re.Pattern[str], str]] | None = None
 
     def of(self, scope: Scope, before: Scope) -> str:
-        """``scope`` as the router left it; ``before``, a copy taken before routing."""
+        """``scope`` as the router left it; ``before``, a copy taken before routing.
+
+        Always a template written in the code, or ``unmatched``: never the path a caller sent.
+        """
         route = scope.get("route")
         if route is not None and isinstance(getattr(route, "path", None), str):
             return str(route.path)
@@ -186,7 +198,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             route = self.routes.of(scope, before)
-            method = str(scope.get("method", ""))
+            method = method_label(str(scope.get("method", "")))
             self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.latency.labels(route, method).observe(time.perf_counter() - started)
 

@@ -1,10 +1,12 @@
-"""OpenAPI pieces the generated routes share: the request body and the documented responses."""
+"""OpenAPI pieces the routes share: the request body, the documented responses, and routes that
+answer HEAD with no operation of their own."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Union
 
-from fastapi import Query
+from fastapi import FastAPI, Query
 from pydantic import BaseModel, create_model
 
 from ersilia_pack.runtime.http.io import Orient
@@ -109,3 +111,16 @@ def response_docs(example_output: list[dict[str, Any]]) -> dict[int | str, dict[
         502: {"description": "the model failed", **error},
         504: {"description": "the model ran out of time", **error},
     }
+
+
+def get_and_head(app: FastAPI, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
+    """Answer GET and HEAD at ``path`` with ``endpoint``; document GET only.
+
+    A route documented with both methods would give them one operation id, which breaks the
+    OpenAPI document; so one hidden route serves both (and names both in a 405's ``Allow``),
+    and, unless ``include_in_schema=False``, a second one only documents GET.
+    """
+    documented = options.pop("include_in_schema", True)
+    app.add_api_route(path, endpoint, methods=["GET", "HEAD"], include_in_schema=False, **options)
+    if documented:
+        app.add_api_route(path, endpoint, methods=["GET"], **options)

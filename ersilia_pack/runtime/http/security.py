@@ -2,8 +2,9 @@
 
 With no key configured every route is open and every caller is the anonymous principal
 ``""``. With one or more keys (``--api-key`` or ``ERSILIA_PACK_API_KEY``, comma-separated),
-every route except the public ones needs ``Authorization: Bearer <key>``; a missing or wrong
-key gets 401 with ``WWW-Authenticate: Bearer``. Each request's ``request.state.principal`` is
+every request except GET and HEAD on the public routes (``routes.py``) needs
+``Authorization: Bearer <key>``; a missing or wrong key gets 401 with
+``WWW-Authenticate: Bearer``. Each request's ``request.state.principal`` is
 a short stable hash of the key it carried, so job owners can be told apart without storing
 or logging a key.
 """
@@ -20,15 +21,10 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ersilia_pack.runtime.http.routes import is_public
+
 logger = logging.getLogger("ersilia_pack.runtime")
 
-PUBLIC_PATHS = frozenset(
-    {"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-    # The page for people is static and tells only whether a key is needed; the data it shows
-    # comes from the routes behind the key.
-    | {"/ui", "/ui/config"}
-)
-PUBLIC_PREFIXES = ("/static/",)
 SCHEME_NAME = "bearerAuth"
 ANONYMOUS = ""
 _ERROR_SCHEMA = {"type": "object", "properties": {"detail": {}}, "required": ["detail"]}
@@ -42,11 +38,6 @@ def parse_keys(raw: str | None) -> list[str]:
 def principal_of(key: str) -> str:
     """A short, stable name for the caller holding ``key``; the key cannot be read back."""
     return hashlib.sha256(b"ersilia-pack principal\0" + key.encode()).hexdigest()[:16]
-
-
-def is_public(path: str, also: frozenset[str] = frozenset()) -> bool:
-    """Routes anyone may call: the root, health checks, the docs and the page, and ``also``."""
-    return path in PUBLIC_PATHS or path in also or path.startswith(PUBLIC_PREFIXES)
 
 
 def _route_path(scope: Scope) -> str:
@@ -99,8 +90,9 @@ class ApiKeyMiddleware:
             return
         token = _bearer_token(scope)
         principal = self._principal(token) if token is not None else None
-        path = _route_path(scope)
-        if principal is None and not is_public(path, self._also_public):
+        # Method and path both: a public path does not open its other methods.
+        method = str(scope.get("method", ""))
+        if principal is None and not is_public(method, _route_path(scope), self._also_public):
             await self._refuse(scope, send, state, missing=token is None)
             return
         state["principal"] = principal or ANONYMOUS
@@ -155,9 +147,9 @@ def _document(app: FastAPI, also_public: frozenset[str]) -> None:
             "description": "one of the keys given to ersilia_serve with --api-key",
         }
         for path, operations in schema.get("paths", {}).items():
-            if is_public(path, also_public):
-                continue
-            for operation in operations.values():
+            for method, operation in operations.items():
+                if is_public(method, path, also_public):
+                    continue
                 if isinstance(operation, dict) and "responses" in operation:
                     operation["security"] = [{SCHEME_NAME: []}]
                     operation["responses"].setdefault(
@@ -175,8 +167,8 @@ def _document(app: FastAPI, also_public: frozenset[str]) -> None:
 def add_api_keys(app: FastAPI, api_key: str | None, *, also_public: Iterable[str] = ()) -> None:
     """Install the key check on ``app``; with no key, callers are anonymous and all is open.
 
-    ``also_public`` names routes open to anyone beside the usual public ones (``/metrics``
-    with ``--public-metrics``).
+    ``also_public`` names routes open to anyone (GET and HEAD) beside the usual public ones
+    (``/metrics`` with ``--public-metrics``).
 
     Add it before CORS and the request-id middleware, so that those stay outside it: a
     refused request still gets its request id and its CORS headers.

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from ersilia_pack.runtime.bundle.manifest import Bundle
+from ersilia_pack.runtime.http.openapi import get_and_head
 from ersilia_pack.runtime.http.security import parse_keys
 from ersilia_pack.runtime.settings import ServeSettings
 
@@ -56,14 +57,17 @@ def add_ui(app: FastAPI, bundle: Bundle, settings: ServeSettings) -> None:
         "download the results."
     ).strip()
 
-    @app.get("/ui", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(PAGE, media_type="text/html", headers={"Cache-Control": "no-cache"})
 
-    @app.get(
+    async def page_config() -> dict[str, Any]:
+        return config
+
+    get_and_head(app, "/ui", page, include_in_schema=False)
+    get_and_head(
+        app,
         "/ui/config",
+        page_config,
         tags=["model"],
         summary="What the page needs to start: whether an API key is needed, and the APIs",
     )
-    async def page_config() -> dict[str, Any]:
-        return config
