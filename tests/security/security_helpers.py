@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,3 +209,30 @@ def children_of(pid: int) -> dict[int, str]:
         if int(ppid) == pid:
             found[int(entry.name)] = state
     return found
+
+
+@contextlib.contextmanager
+def redis_server(folder: Path) -> Iterator[str]:
+    """A throwaway ``redis-server`` on a Unix socket in ``folder`` (no persistence); its URL."""
+    executable = shutil.which("redis-server")
+    assert executable, "redis-server is not on PATH: apt-get install redis-server"
+    socket_path = folder / "redis.sock"
+    process = subprocess.Popen(
+        [executable, "--port", "0", "--unixsocket", str(socket_path), "--save", ""],
+        cwd=folder,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not socket_path.exists():
+            assert process.poll() is None, f"redis-server exited with {process.returncode}"
+            assert time.monotonic() < deadline, "redis-server made no socket within 20 s"
+            time.sleep(0.05)
+        yield f"unix://{socket_path}?db=0"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)

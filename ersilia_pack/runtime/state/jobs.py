@@ -38,6 +38,8 @@ from ersilia_pack.runtime.state.store import (
     ChunkResult,
     JobRecord,
     Store,
+    is_job_id,
+    new_job_id,
 )
 
 logger = logging.getLogger("ersilia_pack.runtime")
@@ -154,7 +156,7 @@ class JobManager:
         chunks = [inputs[start : start + size] for start in range(0, len(inputs), size)]
         now = time.time()
         job = JobRecord(
-            id=uuid.uuid4().hex,
+            id=new_job_id(),
             api=api,
             owner=owner,
             model_hash=self.model_hash,
@@ -176,9 +178,14 @@ class JobManager:
         return job
 
     async def get(self, job_id: str, *, owner: str) -> JobRecord | None:
-        """The job, or None when it does not exist or belongs to another caller."""
+        """The job, or None when it does not exist, belongs to another caller or was made for
+        another model (models may share a state folder or a Redis)."""
+        if not is_job_id(job_id):
+            return None
         job = await asyncio.to_thread(self.store.get_job, job_id)
-        return job if job is not None and job.owner == owner else None
+        if job is None or job.owner != owner or job.model_hash != self.model_hash:
+            return None
+        return job
 
     async def cancel(self, job_id: str, *, owner: str) -> str | None:
         """Cancel an unfinished job or remove a finished one; the outcome, or None if unknown.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -21,6 +23,21 @@ STORES: dict[str, str] = {
     "sqlite": "ersilia_pack.runtime.state.sqlite_store:SqliteStore",
     "redis": "ersilia_pack.runtime.state.redis_store:RedisStore",
 }
+
+# The shape of the job ids this server makes. An id of any other shape names no job, and is
+# never written into a key or a query: ``<id>:inputs`` would name another Redis key.
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def new_job_id() -> str:
+    """A fresh job id: 32 lower-case hexadecimal digits."""
+    return uuid.uuid4().hex
+
+
+def is_job_id(text: str) -> bool:
+    """Whether ``text`` has the shape of the ids :func:`new_job_id` makes."""
+    return _JOB_ID.fullmatch(text) is not None
+
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ACTIVE_STATES = (QUEUED, RUNNING)
