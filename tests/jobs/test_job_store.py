@@ -26,6 +26,7 @@ from ersilia_pack.runtime.state.store import (
     ChunkResult,
     JobRecord,
     Store,
+    new_job_id,
     open_store,
 )
 
@@ -209,12 +210,14 @@ def test_a_server_takes_the_chunks_of_a_dead_replica_and_leaves_a_live_ones_alon
     bundle: Path, store_settings: dict[str, str]
 ) -> None:
     manifest = load_bundle(bundle).manifest
+    # Ids of the shape the server makes: the job routes answer 404 to any other.
+    held_id, orphaned_id = new_job_id(), new_job_id()
     dead = f"{host_key()}/{ended_pid()}/00000000"
     seeded = open_store(load_bundle(bundle), ServeSettings.model_validate(store_settings))
     try:
-        seeded.create_job(record("held", manifest.model_hash), [["CCO", "zz"], ["x", "hello"]])
+        seeded.create_job(record(held_id, manifest.model_hash), [["CCO", "zz"], ["x", "hello"]])
         assert len(claim(seeded, ELSEWHERE, model_hash=manifest.model_hash)) == 2
-        seeded.create_job(record("orphaned", manifest.model_hash), [["CCO", "zz"], ["x", "hello"]])
+        seeded.create_job(record(orphaned_id, manifest.model_hash), [["CCO", "zz"], ["x", "hello"]])
         zero, _ = claim(seeded, dead, model_hash=manifest.model_hash)
         # The orphaned job's replica finished one chunk before it died.
         assert seeded.save_chunk(zero, ChunkResult([[3, "CCO"], [2, "ZZ"]]), computed=2, cached=0)
@@ -223,12 +226,12 @@ def test_a_server_takes_the_chunks_of_a_dead_replica_and_leaves_a_live_ones_alon
 
     with app_client(bundle, cold=True, **store_settings) as client:
         orphaned = wait_for(
-            lambda: state_is(client.get("/job/status/orphaned").json(), "done"),
+            lambda: state_is(client.get(f"/job/status/{orphaned_id}").json(), "done"),
             within=60,
             what="the orphaned job to finish",
         )
-        held = client.get("/job/status/held").json()
-        rows = client.get("/job/result/orphaned").json()
+        held = client.get(f"/job/status/{held_id}").json()
+        rows = client.get(f"/job/result/{orphaned_id}").json()
 
     assert rows == [
         {"length": 3, "upper": "CCO"},

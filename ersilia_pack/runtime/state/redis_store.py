@@ -22,13 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ersilia_pack.errors import ServeError
 from ersilia_pack.runtime.bundle.manifest import Bundle
 from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.runtime.state.store import (
-    CANCELLED,
-    ChunkClaim,
-    ChunkResult,
-    JobRecord,
-    is_job_id,
-)
+from ersilia_pack.runtime.state.store import CANCELLED, ChunkClaim, ChunkResult, JobRecord
 
 GROUP = "replicas"
 _KEYS_PER_CALL = 500
@@ -298,8 +292,6 @@ class RedisStore:
         pipe.execute()
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        if not is_job_id(job_id):
-            return None
         fields = self._redis.hgetall(self._job(job_id))
         if not fields:
             return None
@@ -444,8 +436,6 @@ class RedisStore:
         return bool(self._finish(keys=keys, args=args))
 
     def cancel(self, job_id: str) -> str | None:
-        if not is_job_id(job_id):
-            return None
         model_hash = self._model_hash(job_id)
         if model_hash is None:
             return None

@@ -31,7 +31,6 @@ from ersilia_pack.runtime.state.store import (
     ChunkClaim,
     ChunkResult,
     JobRecord,
-    is_job_id,
 )
 
 SCHEMA_VERSION = 2
@@ -193,8 +192,6 @@ class SqliteStore:
         return {str(state): int(count) for state, count in rows}
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        if not is_job_id(job_id):
-            return None
         with self._reading() as db:
             row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
@@ -336,8 +333,6 @@ class SqliteStore:
             return cursor.rowcount == 1
 
     def cancel(self, job_id: str) -> str | None:
-        if not is_job_id(job_id):
-            return None
         with self._transaction() as db:
             row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:

@@ -24,8 +24,8 @@ STORES: dict[str, str] = {
     "redis": "ersilia_pack.runtime.state.redis_store:RedisStore",
 }
 
-# The shape of the job ids this server makes. An id of any other shape names no job, and is
-# never written into a key or a query: ``<id>:inputs`` would name another Redis key.
+# The shape of the job ids this server makes. An id of any other shape names no job, and the
+# job manager never passes it to a store: in Redis, ``<id>:inputs`` names another key.
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
