@@ -1,7 +1,9 @@
 """Model images: ersilia-pack's base image from Dockerfile.base, then a model's image on it.
 
 The base holds ersilia-pack alone and is built once per base Python image and ersilia-pack
-source (its tag carries a digest of both), only when the engine lacks it. A model's image packs
+source (its tag carries a digest of both), only when the engine lacks it. It installs the
+source checkout this package runs from, or, for an ordinary install, a wheel made from the
+installed files, so it needs neither a clone nor a download of ersilia-pack. A model's image packs
 the model with ``--system`` at build time and serves it on 0.0.0.0:80 as a non-root user.
 Builds reach the package index with the host's index settings and CA bundle, passed in as build
 secrets so neither ends up in a layer.
@@ -9,15 +11,18 @@ secrets so neither ends up in a layer.
 
 from __future__ import annotations
 
+import base64
 import collections
 import configparser
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,7 +52,14 @@ PIP_CONFIG_FILES = (
 )
 # The user a model image serves as; numeric so Kubernetes' runAsNonRoot can check it.
 SERVE_UID = 10001
-_BASE_FILES = ("Dockerfile.base", "pyproject.toml", "README.md", "ersilia_pack", "templates")
+_CHECKOUT_FILES = ("pyproject.toml", "README.md", "ersilia_pack", "templates")
+DOCKERFILE_BASE = "Dockerfile.base"
+DISTRIBUTION = "ersilia-pack"
+# Where Dockerfile.base finds the context's files while it installs them.
+_CONTEXT_MOUNT = "/tmp/ersilia-pack"
+# Wheel entries with a fixed time, so the same installed files make the same wheel (and digest).
+_WHEEL_TIME = (1980, 1, 1, 0, 0, 0)
+_NOT_COPIED = frozenset({"RECORD", "WHEEL", "INSTALLER", "REQUESTED", "direct_url.json"})
 _IGNORE = shutil.ignore_patterns(
     "__pycache__", "*.pyc", ".git", ".ipynb_checkpoints", ".venv", ".mypy_cache", ".ruff_cache"
 )
@@ -336,16 +348,65 @@ def _build(
 # The base image
 
 
-def source_root() -> Path:
-    """The ersilia-pack source checkout this package runs from (Dockerfile.base is there)."""
+def source_root() -> Path | None:
+    """The ersilia-pack source checkout this package runs from, or None (an ordinary install)."""
     root = Path(__file__).resolve().parent.parent
-    if all((root / name).exists() for name in _BASE_FILES):
-        return root
-    raise ContainerError(
-        f"the base image is built from an ersilia-pack source checkout, and {root} is not one "
-        "(it lacks Dockerfile.base or pyproject.toml): install ersilia-pack from a clone "
-        "(pip install -e .) to build it"
+    return root if all((root / name).exists() for name in _CHECKOUT_FILES) else None
+
+
+def _record_hash(data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"sha256={digest}"
+
+
+def installed_wheel(folder: Path) -> Path:
+    """A wheel of ersilia-pack made from its installed files (its RECORD), written to
+    ``folder``: what the base image installs when there is no source checkout. The same
+    installed files always make the same wheel."""
+    try:
+        dist = importlib.metadata.distribution(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError as error:
+        raise ContainerError(
+            f"ersilia-pack runs from {Path(__file__).parent} but is not installed there, so "
+            "there is nothing to put in the base image: pip install ersilia-pack, or run it "
+            "from a clone"
+        ) from error
+    stem = f"{dist.metadata['Name'].replace('-', '_')}-{dist.version}"
+    dist_info = f"{stem}.dist-info"
+    contents: dict[str, bytes] = {}
+    for entry in dist.files or []:
+        relative = entry.as_posix()
+        if relative.startswith("..") or "__pycache__" in relative:
+            continue  # console scripts (pip writes them again) and byte code
+        located = Path(str(entry.locate()))
+        if not located.is_file():
+            continue
+        if ".dist-info/" in relative:
+            inner = relative.split("/", 1)[1]
+            if inner in _NOT_COPIED:
+                continue
+            relative = f"{dist_info}/{inner}"
+        contents[relative] = located.read_bytes()
+    if not any(name.startswith("ersilia_pack/") for name in contents):
+        raise ContainerError(
+            f"the installed {DISTRIBUTION} {dist.version} lists none of the package's files "
+            "(an editable install whose checkout moved?): reinstall it, or run it from a clone"
+        )
+    contents[f"{dist_info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: ersilia-pack\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     )
+    record = "".join(
+        f"{name},{_record_hash(data)},{len(data)}\n" for name, data in sorted(contents.items())
+    )
+    contents[f"{dist_info}/RECORD"] = (record + f"{dist_info}/RECORD,,\n").encode()
+    target = folder / f"{stem}-py3-none-any.whl"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in sorted(contents.items()):
+            info = zipfile.ZipInfo(name, date_time=_WHEEL_TIME)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
+    return target
 
 
 def tree_digest(root: Path) -> str:
@@ -369,16 +430,33 @@ def tree_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
-def _base_context(target: Path) -> str:
-    """Copy what Dockerfile.base needs into ``target``; a digest of it."""
+def _base_context(target: Path) -> tuple[str, str]:
+    """Put what Dockerfile.base installs into ``target``: the source checkout this package runs
+    from, else a wheel of the installed package. A digest of it, and what pip installs there."""
+    dockerfile = (
+        resources.files("ersilia_pack.templates").joinpath("container").joinpath(DOCKERFILE_BASE)
+    )
+    (target / DOCKERFILE_BASE).write_text(dockerfile.read_text(encoding="utf-8"), "utf-8")
     root = source_root()
-    for name in _BASE_FILES:
-        source = root / name
-        if source.is_dir():
-            shutil.copytree(source, target / name, ignore=_IGNORE)
-        else:
-            shutil.copy2(source, target / name)
-    return tree_digest(target)
+    if root is not None:
+        for name in _CHECKOUT_FILES:
+            source = root / name
+            if source.is_dir():
+                shutil.copytree(source, target / name, ignore=_IGNORE)
+            else:
+                shutil.copy2(source, target / name)
+        package = _CONTEXT_MOUNT
+        logger.info("the base image installs ersilia-pack from the checkout %s", root)
+    else:
+        wheel = installed_wheel(target)
+        package = f"{_CONTEXT_MOUNT}/{wheel.name}"
+        logger.info(
+            "the base image installs ersilia-pack %s as installed in %s (%s)",
+            __version__,
+            Path(__file__).resolve().parent.parent,
+            wheel.name,
+        )
+    return tree_digest(target), package
 
 
 def base_tag(base: str, digest: str) -> str:
@@ -394,7 +472,7 @@ def ensure_base(
     (or, with ``no_cache``, always and from scratch)."""
     with tempfile.TemporaryDirectory(prefix="ersilia-pack-base-") as folder:
         context = Path(folder)
-        sources = _base_context(context)
+        sources, package = _base_context(context)
         tag = base_tag(base, sources)
         if not no_cache and engine.image_size(tag) is not None:
             logger.info("base image %s is there", tag)
@@ -407,7 +485,7 @@ def ensure_base(
             context=context,
             settings=settings,
             step="base image",
-            build_args={"BASE": base, "SOURCES_DIGEST": sources},
+            build_args={"BASE": base, "SOURCES_DIGEST": sources, "PACKAGE": package},
             no_cache=no_cache,
         )
     return tag
