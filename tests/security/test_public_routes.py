@@ -101,7 +101,9 @@ def test_lint_names_the_reserved_api_too() -> None:
 def test_the_reserved_names_are_exactly_the_built_in_routes(demo_repository: Path) -> None:
     (bundle,) = [path for path in demo_repository.iterdir() if path.is_dir()]
     app = create_bundle_app(bundle, ServeSettings(api_key=KEY))
-    first = {str(getattr(route, "path", "")).strip("/").split("/")[0] for route in app.routes}
+    # Routes added to the app itself, and those of included routers (the APIs, the jobs).
+    paths = {str(getattr(route, "path", "")) for route in app.routes} | set(app.openapi()["paths"])
+    first = {path.strip("/").split("/")[0] for path in paths}
     apis = {"run", "esol"}
     assert apis <= first
     assert first - apis - {""} == RESERVED_API_NAMES
