@@ -132,7 +132,16 @@ def serving(bundle_dir: Path, **settings: Any) -> Iterator[TestClient]:
     the result cache is off, so every request runs the model.
     """
     with check_state_dir(bundle_dir) as state:
-        values = {"workers": 1, "cache_size": 0, **settings, "state_dir": state}
+        # the pack's own checks stand in for the serve-time self-check, and must see a warm
+        # run fail rather than be moved to cold
+        values = {
+            "workers": 1,
+            "cache_size": 0,
+            "self_check": False,
+            "fallback": False,
+            **settings,
+            "state_dir": state,
+        }
         try:
             app = create_bundle_app(bundle_dir, ServeSettings.model_validate(values))
         except ServeError as error:
@@ -172,7 +181,9 @@ def check_app(bundle_dir: Path) -> None:
     """
     try:
         with check_state_dir(bundle_dir) as state:
-            settings = ServeSettings.model_validate({"workers": 1, "state_dir": state})
+            settings = ServeSettings.model_validate(
+                {"workers": 1, "state_dir": state, "self_check": False}
+            )
             try:
                 app = create_bundle_app(bundle_dir, settings)
             except ServeError as error:

@@ -362,6 +362,14 @@ def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="serve GET /metrics without the API key (or set ERSILIA_PACK_PUBLIC_METRICS=1)",
         ),
+        click.option(
+            "--no-self-check",
+            "self_check",
+            flag_value=False,
+            default=None,
+            help="report ready without first running each API's example the way it is served "
+            "(or set ERSILIA_PACK_SELF_CHECK=0)",
+        ),
     ]
     for option in reversed(options):
         function = option(function)

@@ -50,6 +50,15 @@ class ServeSettings(BaseModel):
     job_max_inputs: int = Field(default=5_000_000, ge=1, description="most inputs per job")
     job_max_body_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     public_metrics: bool = Field(default=False, description="GET /metrics needs no API key")
+    fallback: bool = Field(
+        default=True,
+        description="move a warm API to cold, once, when a warm run fails where a cold run of "
+        "the same inputs works",
+    )
+    self_check: bool = Field(
+        default=True,
+        description="run each API's example at start, the way it is served, before ready",
+    )
 
     @classmethod
     def from_env(cls, **overrides: object) -> ServeSettings:

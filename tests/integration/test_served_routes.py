@@ -214,7 +214,11 @@ def test_a_missing_card_field_is_404_naming_it(client: TestClient) -> None:
 
 def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert wait_ready(client) == {"ready": True, "apis": {"run": True}}
+    assert wait_ready(client) == {
+        "ready": True,
+        "apis": {"run": True},
+        "checks": {"run": {"ready": True, "check": "passed", "mode": "warm"}},
+    }
 
 
 def test_example_and_column_routes(client: TestClient) -> None:

@@ -16,8 +16,9 @@ INPUTS = ["CCO", "hello", "bad", "CCO", "abcd", "zz", "x"]
 
 
 def serve(bundle: Path, **settings: object) -> TestClient:
-    """The bundle's app with small job chunks; the script runs cold, so runs are countable."""
-    return app_client(bundle, cold=True, **{"job_chunk_size": 2, **settings})
+    """The bundle's app with small job chunks; the script runs cold, so runs are countable,
+    and no start-up self-check runs the example first (tests/checks covers it)."""
+    return app_client(bundle, cold=True, **{"job_chunk_size": 2, "self_check": False, **settings})
 
 
 def submit(client: TestClient, inputs: list[str], query: str = "", **kwargs: Any) -> str:

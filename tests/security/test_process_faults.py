@@ -37,7 +37,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repository: Path, flag: Path) -> Iterator[Server]:
-    args = ("--workers", "2", "--timeout", str(TIMEOUT))
+    # Some APIs here fail their own example on purpose; the start-up self-check would hold
+    # them back with a 503 (tested below), where these tests look at how runs fail.
+    args = ("--workers", "2", "--timeout", str(TIMEOUT), "--no-self-check")
     with serve(repository, *args, env={"FLAKY_FLAG": str(flag)}) as running:
         yield running
 
@@ -73,6 +75,26 @@ def test_a_model_that_fails_every_batch_is_a_502_whatever_the_batch_size(server:
         response = post(server, "oom", inputs)
         assert response.status_code == 502, (len(inputs), response.text)
         assert "CUDA out of memory" in response.json()["detail"]
+
+
+def test_the_self_check_holds_back_an_api_that_fails_its_example(repository: Path) -> None:
+    with serve(repository, "--workers", "1", "--timeout", str(TIMEOUT)) as running:
+        wait_api(running, "noisy")
+        deadline = time.monotonic() + 60
+        while True:
+            ready = httpx.get(f"{running.url}/readyz", timeout=10)
+            if ready.json()["checks"]["oom"]["check"] != "pending":
+                break
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.1)
+        answer = post(running, "oom", ["a", "b", "c"])
+    assert ready.status_code == 503
+    assert ready.json()["apis"]["oom"] is False and ready.json()["apis"]["noisy"] is True
+    detail = ready.json()["checks"]["oom"]["detail"]
+    assert detail.startswith("oom does not reproduce its example: ")
+    assert "CUDA out of memory" in detail
+    assert answer.status_code == 503
+    assert answer.json()["detail"] == detail
 
 
 def test_a_pack_whose_model_fails_its_example_is_an_error_not_a_warning(tmp_path: Path) -> None:

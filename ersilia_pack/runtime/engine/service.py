@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import math
 import os
@@ -24,6 +26,15 @@ from ersilia_pack.runtime.engine.runners import (
     RunTimeout,
     ScriptRunner,
 )
+from ersilia_pack.runtime.engine.selfcheck import (
+    FAILED,
+    SKIPPED,
+    ApiCheck,
+    check_api,
+    example_problem,
+    mode_of,
+)
+from ersilia_pack.runtime.engine.selfcheck import wait_ready as wait_engine
 from ersilia_pack.runtime.settings import ServeSettings
 from ersilia_pack.runtime.state.cache import ResultCache, output_varies
 
@@ -124,16 +135,48 @@ class ModelService:
         # One run per input only where the output is Fixed: a draw of a varying model is
         # never handed to another input, or to another request.
         dedupe = not output_varies(bundle)
+        self._dedupe = dedupe
+        self._slots = slots
+        self.checks: dict[str, ApiCheck] = {}
+        self.mode_changes: dict[str, int] = {}
+        self._checking: list[asyncio.Task[None]] = []
+        self._moving: dict[str, asyncio.Lock] = {}
         for api in bundle.manifest.apis:
-            size = settings.batch_size or DEFAULT_BATCH[api.kind]
-            self.engines[api.name] = ApiEngine(
-                make_runner(bundle, api, settings, slots=slots),
-                batch_size=size,
-                timeout=settings.timeout,
-                batch_wait=settings.batch_wait_ms / 1000,
-                probe_input=api.example_input[0] if api.example_input else None,
-                dedupe=dedupe,
-            )
+            self.engines[api.name] = self.make_engine(api)
+            self.checks[api.name] = ApiCheck(mode=mode_of(api, settings))
+            self.mode_changes[api.name] = 0
+            self._moving[api.name] = asyncio.Lock()
+
+    def make_engine(self, api: ApiDefinition) -> ApiEngine:
+        """A new engine for an API served as ``api`` says (warm, forked, serial)."""
+        return ApiEngine(
+            make_runner(self.bundle, api, self.settings, slots=self._slots),
+            batch_size=self.settings.batch_size or DEFAULT_BATCH[api.kind],
+            timeout=self.settings.timeout,
+            batch_wait=self.settings.batch_wait_ms / 1000,
+            probe_input=api.example_input[0] if api.example_input else None,
+            dedupe=self._dedupe,
+        )
+
+    async def _replace_engine(self, name: str, engine: ApiEngine, mode: str) -> None:
+        """Serve an API through ``engine`` from now on; the old one is stopped."""
+        old = self.engines[name]
+        engine.runs, engine.run_seconds = old.runs, old.run_seconds
+        self.engines[name] = engine
+        self.checks[name].mode = mode
+        self.mode_changes[name] += 1
+        await old.stop()
+
+    def api_ready(self, name: str) -> bool:
+        """Whether an API answers now: loaded, and its self-check passed (or not run)."""
+        return self.engines[name].ready and self.checks[name].serving
+
+    def readiness(self) -> dict[str, dict[str, object]]:
+        """Per API: ready or not, its self-check and the mode it is served in."""
+        return {
+            name: {"ready": self.api_ready(name), **self.checks[name].as_dict()}
+            for name in self.engines
+        }
 
     def has_api(self, name: str) -> bool:
         """Whether the model serves an API of this name."""
@@ -146,7 +189,7 @@ class ModelService:
 
     @property
     def ready(self) -> bool:
-        return all(engine.ready for engine in self.engines.values())
+        return all(self.api_ready(name) for name in self.engines)
 
     async def start(self) -> None:
         swept = workspace.sweep(self.bundle.state_dir / "runs")
@@ -154,10 +197,58 @@ class ModelService:
             logger.info("removed %d run folders that stopped servers left behind", swept)
         for engine in self.engines.values():
             await engine.start()
+        fixed = self.bundle.manifest.output_consistency.lower() == "fixed"
+        for api in self.bundle.manifest.apis:
+            check = self.checks[api.name]
+            if not self.settings.self_check or not api.example_input:
+                check.state = SKIPPED
+                continue
+            task = asyncio.create_task(
+                check_api(
+                    api,
+                    self.settings,
+                    check,
+                    fixed=fixed,
+                    current=functools.partial(self.engines.__getitem__, api.name),
+                    make_engine=self.make_engine,
+                    replace=functools.partial(self._replace_engine, api.name),
+                )
+            )
+            self._checking.append(task)
 
     async def stop(self) -> None:
+        for task in self._checking:
+            task.cancel()
+        await asyncio.gather(*self._checking, return_exceptions=True)
         for engine in self.engines.values():
             await engine.stop()
+
+    async def _cold_instead(self, api: ApiDefinition) -> ApiEngine | None:
+        """Once per API: where a warm run failed, a cold engine, when it reproduces the
+        example, replaces the warm one. None when the API is not warm or cold fails too."""
+        if not self.settings.fallback or mode_of(api, self.settings) != self.checks[api.name].mode:
+            return None  # not wanted, or already moved
+        if api.kind != "sh" or not (api.warm and api.warm_script and not self.settings.cold):
+            return None
+        async with self._moving[api.name]:
+            if mode_of(api, self.settings) != self.checks[api.name].mode:
+                return self.engines[api.name]
+            cold = api.model_copy(update={"warm": False})
+            engine = self.make_engine(cold)
+            await engine.start()
+            fixed = self.bundle.manifest.output_consistency.lower() == "fixed"
+            ready = await wait_engine(engine, self.settings.timeout)
+            if not ready or (
+                api.example_input and await example_problem(cold, engine, fixed=fixed)
+            ):
+                await engine.stop()
+                return None
+            logger.warning(
+                "%s: a warm run failed where a cold run works; it is served cold from now on",
+                api.name,
+            )
+            await self._replace_engine(api.name, engine, mode_of(cold, self.settings))
+            return engine
 
     async def predict(
         self,
@@ -179,9 +270,20 @@ class ModelService:
         cache = self.cache if self.cache is not None and self.cache.enabled else None
         hits = await cache.fetch(api_name, inputs) if cache and (fetch_cache or cache_only) else {}
         todo = [] if cache_only else [value for value in inputs if value not in hits]
+        check = self.checks[api_name]
+        if check.state == FAILED:
+            raise PredictionError(503, check.detail)
         try:
             engine = self.engines[api_name]
-            outcomes = await engine.predict(todo, background=background) if todo else []
+            try:
+                outcomes = await engine.predict(todo, background=background) if todo else []
+            except RunError as error:
+                if isinstance(error, RunTimeout) or getattr(error, "timed_out", False):
+                    raise
+                cold = await self._cold_instead(api)
+                if cold is None:
+                    raise
+                outcomes = await cold.predict(todo, background=background)
         except (RunTimeout, ModelBroken) as error:
             if isinstance(error, ModelBroken) and not error.timed_out:
                 raise _failure(api_name, error) from error

@@ -163,9 +163,12 @@ def _add_shared_routes(app: FastAPI, bundle: Bundle) -> None:
 
     async def readyz(request: Request) -> JSONResponse:
         service = service_of(request)
-        apis = {name: engine.ready for name, engine in service.engines.items()}
+        readiness = service.readiness()
+        apis = {name: state["ready"] for name, state in readiness.items()}
         ready = all(apis.values())
-        return JSONResponse({"ready": ready, "apis": apis}, status_code=200 if ready else 503)
+        # ``apis``: ready or not, by API; ``checks``: each API's self-check and served mode
+        body = {"ready": ready, "apis": apis, "checks": readiness}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     get_and_head(
         app,

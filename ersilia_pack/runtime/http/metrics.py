@@ -119,12 +119,32 @@ class _StateCollector(Collector):
             "Model processes that died or ran out of time and were replaced, by API",
             labels=["api"],
         )
+        check_seconds = GaugeMetricFamily(
+            f"{PREFIX}_self_check_seconds",
+            "Seconds the start-up self-check of each API took (its example, as served)",
+            labels=["api"],
+        )
+        check_passed = GaugeMetricFamily(
+            f"{PREFIX}_self_check_passed",
+            "1 when the API reproduced its example at start (or was not checked), else 0",
+            labels=["api"],
+        )
+        mode_changes = CounterMetricFamily(
+            f"{PREFIX}_mode_changes",
+            "Times an API moved to a safer mode (cold, a process per slot, one run at a time) "
+            "because the served one did not reproduce its example or failed where cold works",
+            labels=["api"],
+        )
         for name, engine in service.engines.items():
             runs.add_metric([name], engine.runs)
             run_seconds.add_metric([name], engine.run_seconds)
             waiting.add_metric([name], engine.waiting)
             restarts.add_metric([name], engine.runner.restarts)
-        yield from (runs, run_seconds, waiting, restarts)
+            check = service.checks[name]
+            check_seconds.add_metric([name], check.seconds)
+            check_passed.add_metric([name], 1.0 if check.serving else 0.0)
+            mode_changes.add_metric([name], service.mode_changes[name])
+        yield from (runs, run_seconds, waiting, restarts, check_seconds, check_passed, mode_changes)
         jobs: JobManager | None = getattr(self.app.state, "jobs", None)
         if jobs is not None:
             yield _active_jobs(jobs)
