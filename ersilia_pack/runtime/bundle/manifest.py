@@ -36,6 +36,9 @@ class ApiDefinition(BaseModel):
     # Slots forked from one loaded parent; False when the pack-time check found forking after
     # the load broke the example run (threads started in load(), say) and separate ones worked.
     fork: bool = True
+    # A legacy script served warm whose libraries refuse a forked process (CUDA's rule): its
+    # runs happen in a warm process per slot itself, one after the other, not in forks.
+    in_process: bool = False
 
     @property
     def column_names(self) -> list[str]:

@@ -302,6 +302,7 @@ class _WarmExecutor(_OnAPool):
         load_timeout: float,
         runs_root: Path,
         fork: bool = True,
+        in_process: bool = False,
     ) -> None:
         if not api.warm_script:
             raise ValueError(f"{api.name} has no warm script")
@@ -311,7 +312,11 @@ class _WarmExecutor(_OnAPool):
         self._runs_root = runs_root
         self._killed = 0
         command = [bundle.manifest.environment.python, str(bundle.path / "app" / "warm.py")]
-        command += [self.script, "--forked", str(size)] if fork else [self.script]
+        if in_process:  # a process per slot, each running its jobs itself
+            fork = False
+            command += [self.script, "--in-process"]
+        else:
+            command += [self.script, "--forked", str(size)] if fork else [self.script]
         self.pool: ForkedPool | ProcessPool = (ForkedPool if fork else ProcessPool)(
             f"{api.name} warm runner",
             command,
@@ -364,6 +369,7 @@ class ScriptRunner:
         warm: bool = False,
         load_timeout: float = 600.0,
         fork: bool = True,
+        in_process: bool = False,
     ) -> None:
         self.bundle = bundle
         self.api = api
@@ -380,6 +386,7 @@ class ScriptRunner:
                 load_timeout=load_timeout,
                 runs_root=self._runs_root,
                 fork=fork,
+                in_process=in_process,
             )
             if warm
             else _ColdExecutor(bundle, api, env)

@@ -60,6 +60,7 @@ def mode_of(api: ApiDefinition, settings: ServeSettings) -> str:
         base = "load-once, forked slots" if forked else "load-once, a process per slot"
     else:
         base = "warm" if api.warm and api.warm_script and not settings.cold else "cold"
+        base += ", in-process" if base == "warm" and api.in_process else ""
     return base + (", one run at a time" if api.serial else "")
 
 

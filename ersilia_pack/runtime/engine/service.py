@@ -113,7 +113,13 @@ def make_runner(
         return LoadOnceRunner(bundle, api, size=slots, load_timeout=settings.timeout, fork=fork)
     warm = bool(api.warm and api.warm_script and not settings.cold)
     return ScriptRunner(
-        bundle, api, concurrency=slots, warm=warm, load_timeout=settings.timeout, fork=fork
+        bundle,
+        api,
+        concurrency=slots,
+        warm=warm,
+        load_timeout=settings.timeout,
+        fork=fork,
+        in_process=api.in_process,
     )
 
 
