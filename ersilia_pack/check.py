@@ -61,6 +61,7 @@ class CheckReport:
     serial: dict[str, str] = field(default_factory=dict)  # API: why it runs one at a time
     separate: dict[str, str] = field(default_factory=dict)  # API: why its slots are not forked
     in_process: set[str] = field(default_factory=set)  # warm APIs whose runs are not forked
+    gpu: set[str] = field(default_factory=set)  # APIs whose forked runs met CUDA's refusal
 
     @property
     def ok(self) -> bool:
@@ -223,9 +224,11 @@ def _write_decisions(
     separate: dict[str, str] | None = None,
     *,
     in_process: set[str] | None = None,
+    gpu: set[str] | None = None,
 ) -> None:
     manifest = load_bundle(bundle_dir).manifest
     for api in manifest.apis:
+        api.gpu = api.name in (gpu or set())
         api.warm = warm.get(api.name, False)
         api.in_process = api.warm and api.name in (in_process or set())
         api.serial = api.name in serial
@@ -324,6 +327,7 @@ def check_examples(bundle_dir: Path, *, timeout: float = 600.0) -> CheckReport:
                 for api in candidates:
                     why = _warm_agrees(client, api, cold[api.name], limit)
                     report.warm[api.name] = why is None
+                    _note_gpu(report, api, why)
                     if why:
                         logger.info("%s runs cold: %s", api.name, why)
                     else:
@@ -337,7 +341,12 @@ def check_examples(bundle_dir: Path, *, timeout: float = 600.0) -> CheckReport:
         overlapping = [api for api in apis if api.name in cold]
         _check_overlapping(bundle_dir, overlapping, cold, report, timeout=timeout)
         _write_decisions(
-            bundle_dir, report.warm, report.serial, report.separate, in_process=report.in_process
+            bundle_dir,
+            report.warm,
+            report.serial,
+            report.separate,
+            in_process=report.in_process,
+            gpu=report.gpu,
         )
     finally:
         forget_bundle_app(bundle_dir)
@@ -345,6 +354,14 @@ def check_examples(bundle_dir: Path, *, timeout: float = 600.0) -> CheckReport:
 
 
 IN_PROCESS_RUNS = 3
+# What CUDA says in a process forked after it was initialised: the model runs on a GPU.
+CUDA_REFUSAL = ("Cannot re-initialize CUDA in forked subprocess", "CUDA initialization")
+
+
+def _note_gpu(report: CheckReport, api: ApiDefinition, why: str | None) -> None:
+    if why and any(sign in why for sign in CUDA_REFUSAL):
+        report.gpu.add(api.name)
+        logger.info("%s runs on a GPU: its forked run met CUDA's refusal", api.name)
 
 
 def _check_in_process(
@@ -396,6 +413,7 @@ def _check_forked(
     with serving(bundle_dir, timeout=limit) as client:
         for api in forkable:
             why = _warm_agrees(client, api, cold[api.name], limit, kind="forked")
+            _note_gpu(report, api, why)
             if why:
                 report.separate[api.name] = why
                 logger.warning("%s is served with a process per slot: %s", api.name, why)

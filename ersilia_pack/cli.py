@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
@@ -21,7 +21,7 @@ from ersilia_pack.containerize import DEFAULT_BASE, ENGINES, containerize, defau
 from ersilia_pack.errors import ErsiliaPackError
 from ersilia_pack.install import BACKENDS
 from ersilia_pack.install.installer import INSTALLERS
-from ersilia_pack.kube import KubeOptions, apply_hint, write_manifests
+from ersilia_pack.kube import AUTOSCALERS, KubeOptions, apply_hint, kube_context, write_manifests
 from ersilia_pack.pack import DEFAULT_KEEP, lint, pack
 from ersilia_pack.runtime.settings import ServeSettings
 from ersilia_pack.serve import serve
@@ -272,6 +272,14 @@ def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
             type=click.IntRange(1),
             default=None,
             help="most inputs per model run",
+        ),
+        click.option(
+            "--gpu-workers",
+            "gpu_workers",
+            type=click.IntRange(1),
+            default=None,
+            help="processes per GPU for an API whose model runs on a GPU, and legacy runs at a "
+            "time per GPU (default 1)",
         ),
         click.option(
             "--cold",
@@ -716,8 +724,8 @@ def _megabytes(size: int | None) -> str:
     "--replicas",
     default=2,
     show_default=True,
-    type=click.IntRange(1),
-    help="replicas the manifests start with (and scale down to)",
+    type=click.IntRange(0),
+    help="replicas the manifests start with (and scale down to; 0 only with KEDA)",
 )
 @click.option(
     "--max-replicas",
@@ -733,6 +741,39 @@ def _megabytes(size: int | None) -> str:
     show_default=True,
     type=click.IntRange(1),
     help="CPUs each replica asks for; it runs one worker per CPU",
+)
+@click.option(
+    "--autoscaler",
+    type=click.Choice(AUTOSCALERS),
+    default="hpa",
+    show_default=True,
+    help="hpa: on CPU; keda: a KEDA ScaledObject on the job stream (can scale to 0)",
+)
+@click.option(
+    "--namespace",
+    default="default",
+    show_default=True,
+    help="with --autoscaler keda: the namespace the manifests go in",
+)
+@click.option(
+    "--keda-namespace",
+    "keda_namespace",
+    default="keda",
+    show_default=True,
+    help="with --autoscaler keda: where KEDA's operator runs (it may reach Redis)",
+)
+@click.option(
+    "--redis-url",
+    "redis_url",
+    default=None,
+    help="a managed Redis (redis:// or rediss://, no password) instead of one in the manifests",
+)
+@click.option(
+    "--redis-storage",
+    "redis_storage",
+    default="1Gi",
+    show_default=True,
+    help="the size of the Redis volume",
 )
 @click.option("--no-build", "no_build", is_flag=True, help="only write the manifests (with --kube)")
 @click.option(
@@ -756,6 +797,11 @@ def containerize_cli(
     replicas: int,
     max_replicas: int,
     cpu: int,
+    autoscaler: Literal["hpa", "keda"],
+    namespace: str,
+    keda_namespace: str,
+    redis_url: str | None,
+    redis_storage: str,
     no_build: bool,
     no_cache: bool,
     gpu: bool,
@@ -768,6 +814,19 @@ def containerize_cli(
         raise click.UsageError("--no-build writes manifests only: give --kube DIR too")
     spec = lint(model_dir)
     image = tag or default_tag(spec)
+    options = KubeOptions(
+        image=image,
+        replicas=replicas,
+        max_replicas=max_replicas,
+        cpu=cpu,
+        autoscaler=autoscaler,
+        namespace=namespace,
+        keda_namespace=keda_namespace,
+        redis_url=redis_url,
+        redis_storage=redis_storage,
+    )
+    if kube_dir is not None:
+        kube_context(spec, options)  # bad manifest options fail before a build
     if not no_build:
         result = containerize(
             model_dir, tag=image, base=base, engine=engine, no_cache=no_cache, gpu=gpu
@@ -783,10 +842,9 @@ def containerize_cli(
         )
         click.echo(f"serve it: {result.run_command()}")
     if kube_dir is not None:
-        options = KubeOptions(image=image, replicas=replicas, max_replicas=max_replicas, cpu=cpu)
         written = write_manifests(spec, kube_dir, options)
         click.echo(f"wrote {', '.join(path.name for path in written)} into {kube_dir}")
-        click.echo(apply_hint(spec.model_id, kube_dir))
+        click.echo(apply_hint(spec.model_id, kube_dir, options))
 
 
 pack_command = _run(pack_cli)

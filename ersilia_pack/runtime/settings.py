@@ -23,6 +23,11 @@ class ServeSettings(BaseModel):
     timeout: float = Field(default=600.0, gt=0, description="seconds one model run may take")
     batch_size: int = Field(default=0, ge=0, description="inputs per run; 0 picks per API kind")
     batch_wait_ms: float = Field(default=0.0, ge=0, description="extra wait to merge requests")
+    gpu_workers: int = Field(
+        default=1,
+        ge=1,
+        description="processes (or legacy runs at a time) per GPU for APIs on a GPU",
+    )
     cold: bool = Field(default=False, description="run legacy scripts cold, never warm")
     separate_workers: bool = Field(
         default=False,

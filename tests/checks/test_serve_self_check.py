@@ -84,7 +84,12 @@ def test_a_warm_mode_that_fails_only_where_served_moves_to_cold(bundle: Path) ->
         changes = metric(url, "ersilia_pack_mode_changes_total")
         seconds = metric(url, "ersilia_pack_self_check_seconds")
     assert status == 200, body
-    assert body["checks"]["run"] == {"ready": True, "check": "passed", "mode": "cold"}
+    assert body["checks"]["run"] == {
+        "ready": True,
+        "check": "passed",
+        "mode": "cold",
+        "device": "cpu",
+    }
     for values, answer in zip(inputs, answers):
         assert answer.status_code == 200, answer.text
         assert answer.json() == scaled(values)
@@ -102,7 +107,12 @@ def test_without_the_self_check_a_failing_warm_run_moves_the_api_to_cold_once(
         _, after = checked(url)
         changes = metric(url, "ersilia_pack_mode_changes_total")
     assert status == 200
-    assert before["checks"]["run"] == {"ready": True, "check": "skipped", "mode": "warm"}
+    assert before["checks"]["run"] == {
+        "ready": True,
+        "check": "skipped",
+        "mode": "warm",
+        "device": "cpu",
+    }
     assert first.status_code == 200, first.text
     assert first.json() == scaled(["CCO", "c1ccccc1"])
     assert second.json() == scaled(["NN"])

@@ -217,7 +217,7 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert wait_ready(client) == {
         "ready": True,
         "apis": {"run": True},
-        "checks": {"run": {"ready": True, "check": "passed", "mode": "warm"}},
+        "checks": {"run": {"ready": True, "check": "passed", "mode": "warm", "device": "cpu"}},
     }
 
 

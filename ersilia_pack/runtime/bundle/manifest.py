@@ -39,6 +39,9 @@ class ApiDefinition(BaseModel):
     # A legacy script served warm whose libraries refuse a forked process (CUDA's rule): its
     # runs happen in a warm process per slot itself, one after the other, not in forks.
     in_process: bool = False
+    # The model runs on a GPU (the pack saw CUDA refuse a forked process): served with
+    # --gpu-workers processes per GPU where the machine has GPUs.
+    gpu: bool = False
 
     @property
     def column_names(self) -> list[str]:

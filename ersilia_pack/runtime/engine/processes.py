@@ -116,6 +116,48 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+# The shell a cold run starts in: it runs the command in the background and waits, so the
+# parent-death signal (SIGTERM, set by ``die_with_server``) interrupts the wait and its trap
+# kills the run's whole process group, children included; otherwise it exits as the command did.
+_GUARD = 'trap "trap - TERM; kill -KILL 0" TERM; "$@" & wait $!'
+
+
+def guarded(command: list[str]) -> list[str]:
+    """``command`` behind a shell that kills the command's whole process group when the
+    server dies (with ``die_with_server`` as the process's ``preexec_fn``)."""
+    return ["bash", "-c", _GUARD, "ersilia-pack-run", *command]
+
+
+def _prctl() -> Callable[..., int] | None:
+    try:
+        import ctypes
+
+        function: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+    return function
+
+
+_PRCTL = _prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_server(server: int | None = None) -> Callable[[], None] | None:
+    """A ``preexec_fn``: the new process gets SIGTERM when the server dies (Linux's parent-death
+    signal, as the warm and load-once processes set on themselves), and ends at once when the
+    server died before it was set. None where there is no prctl."""
+    if _PRCTL is None:
+        return None
+    prctl, parent = _PRCTL, server if server is not None else os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
 async def reap(process: asyncio.subprocess.Process) -> None:
     """Kill a process's group and wait, boundedly, until it is gone."""
     kill_group(process.pid)
@@ -274,6 +316,11 @@ class ProcessPool(_LoadRetrying):
     @property
     def ready(self) -> bool:
         return any(process.alive for process in self._loaded)
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the live model processes."""
+        return [process.process.pid for process in self._spawned]
 
     async def start(self) -> None:
         for _ in range(self.size):

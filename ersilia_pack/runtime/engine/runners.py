@@ -30,7 +30,9 @@ from ersilia_pack.runtime.engine.processes import (
     RunError,
     RunFailed,
     RunTimeout,
+    die_with_server,
     drain,
+    guarded,
     reap,
 )
 from ersilia_pack.runtime.engine.workspace import Workspace, WorkspacePool
@@ -228,14 +230,16 @@ class _ColdExecutor:
             str(workspace.input_csv),
             str(workspace.output_csv),
         ]
+        # The run's process group dies with the server, even one killed with SIGKILL.
         process = await asyncio.create_subprocess_exec(
-            *command,
+            *guarded(command),
             cwd=workspace.cwd,
             env={**self.env, **workspace.variables},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_server(),
         )
         output = OutputTail(self.api.name)
         draining = asyncio.create_task(drain(process.stdout, output))
@@ -449,18 +453,22 @@ class LoadOnceRunner(_OnAPool):
         size: int,
         load_timeout: float = 600.0,
         fork: bool = True,
+        devices: list[str] | None = None,
     ):
         self.bundle = bundle
         self.api = api
         self.concurrency = size
-        self.fork = fork
+        # GPUs to spread the processes over, one CUDA_VISIBLE_DEVICES each (separate only)
+        self.devices = list(devices or [])
+        self._on_device = dict.fromkeys(self.devices, 0)
+        self.fork = fork and not self.devices
         command = [
             bundle.manifest.environment.python,
             str(bundle.path / "app" / "worker.py"),
             str(bundle.framework_dir / api.script),
             api.class_name or "",
         ]
-        self.pool: ForkedPool | ProcessPool = (ForkedPool if fork else ProcessPool)(
+        self.pool: ForkedPool | ProcessPool = (ForkedPool if self.fork else ProcessPool)(
             f"{api.name} worker",
             command,
             size=size,
@@ -476,6 +484,16 @@ class LoadOnceRunner(_OnAPool):
 
     def _prepare(self) -> tuple[Path, dict[str, str], list[str], Any]:
         workspace = self._workspace()
+        if self.devices:  # the GPU with the fewest of this API's processes
+            device = min(self.devices, key=lambda each: self._on_device[each])
+            self._on_device[device] += 1
+
+            def release() -> None:
+                self._on_device[device] -= 1
+                workspace.remove()
+
+            variables = {**workspace.variables, "CUDA_VISIBLE_DEVICES": device}
+            return workspace.cwd, variables, [], release
         if not self.fork:
             return workspace.cwd, workspace.variables, [], workspace.remove
         made = [workspace]

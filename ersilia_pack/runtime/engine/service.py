@@ -17,7 +17,7 @@ from typing import Any
 
 from ersilia_pack.runtime.bundle.columns import is_null, type_rows
 from ersilia_pack.runtime.bundle.manifest import ApiDefinition, Bundle
-from ersilia_pack.runtime.engine import workspace
+from ersilia_pack.runtime.engine import gpus, workspace
 from ersilia_pack.runtime.engine.batcher import ApiEngine, ModelBroken
 from ersilia_pack.runtime.engine.runners import (
     LoadOnceRunner,
@@ -102,15 +102,30 @@ def slots_per_api(settings: ServeSettings, api_count: int) -> int:
 
 
 def make_runner(
-    bundle: Bundle, api: ApiDefinition, settings: ServeSettings, *, slots: int
+    bundle: Bundle,
+    api: ApiDefinition,
+    settings: ServeSettings,
+    *,
+    slots: int,
+    devices: list[str] | None = None,
 ) -> Runner:
     """The runner an API gets: load-once workers for ``.py``; for ``.sh``, warm runs where the
     pack-time check found them equal to cold runs, else a fresh process per run. Slots are
     forked from one loaded parent unless the settings or the pack-time check say otherwise."""
+    devices = list(devices or []) if api.gpu else []
+    if devices:  # one model copy per GPU (--gpu-workers), not one per CPU
+        slots = gpus.gpu_slots(settings.gpu_workers, len(devices))
     slots = 1 if api.serial else slots
     fork = api.fork and not settings.separate_workers
     if api.kind == "py":
-        return LoadOnceRunner(bundle, api, size=slots, load_timeout=settings.timeout, fork=fork)
+        return LoadOnceRunner(
+            bundle,
+            api,
+            size=slots,
+            load_timeout=settings.timeout,
+            fork=fork,
+            devices=devices,
+        )
     warm = bool(api.warm and api.warm_script and not settings.cold)
     return ScriptRunner(
         bundle,
@@ -142,6 +157,9 @@ class ModelService:
         # never handed to another input, or to another request.
         dedupe = not output_varies(bundle)
         self._dedupe = dedupe
+        # the GPUs processes may use, looked up once, where an API runs on a GPU
+        on_gpu = any(api.gpu for api in bundle.manifest.apis)
+        self.gpus: list[str] = gpus.visible_gpus() if on_gpu else []
         self._slots = slots
         self.checks: dict[str, ApiCheck] = {}
         self.mode_changes: dict[str, int] = {}
@@ -156,7 +174,7 @@ class ModelService:
     def make_engine(self, api: ApiDefinition) -> ApiEngine:
         """A new engine for an API served as ``api`` says (warm, forked, serial)."""
         return ApiEngine(
-            make_runner(self.bundle, api, self.settings, slots=self._slots),
+            make_runner(self.bundle, api, self.settings, slots=self._slots, devices=self.gpus),
             batch_size=self.settings.batch_size or DEFAULT_BATCH[api.kind],
             timeout=self.settings.timeout,
             batch_wait=self.settings.batch_wait_ms / 1000,
@@ -180,9 +198,27 @@ class ModelService:
     def readiness(self) -> dict[str, dict[str, object]]:
         """Per API: ready or not, its self-check and the mode it is served in."""
         return {
-            name: {"ready": self.api_ready(name), **self.checks[name].as_dict()}
+            name: {
+                "ready": self.api_ready(name),
+                **self.checks[name].as_dict(),
+                "device": self.device_of(name),
+            }
             for name in self.engines
         }
+
+    def device_of(self, name: str) -> str:
+        """Where an API's model runs: ``cpu``, or ``cuda`` with the GPUs it is spread over."""
+        if self.bundle.apis[name].gpu and self.gpus:
+            return f"cuda (GPUs {','.join(self.gpus)}, {self.settings.gpu_workers} per GPU)"
+        return "cpu"
+
+    def model_pids(self, name: str) -> list[int]:
+        """Process ids of an API's long-lived model processes, where its pool has them."""
+        runner = self.engines[name].runner
+        pool = getattr(runner, "pool", None) or getattr(
+            getattr(runner, "executor", None), "pool", None
+        )
+        return list(getattr(pool, "pids", []))
 
     def has_api(self, name: str) -> bool:
         """Whether the model serves an API of this name."""

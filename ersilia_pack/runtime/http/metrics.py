@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import Match, Mount, compile_path, get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ersilia_pack.runtime.engine import gpus
 from ersilia_pack.runtime.engine.service import ModelService, Prediction
 from ersilia_pack.runtime.state.jobs import JobManager
 from ersilia_pack.runtime.state.store import CANCELLED, DONE, FAILED, QUEUED, RUNNING
@@ -135,7 +136,16 @@ class _StateCollector(Collector):
             "because the served one did not reproduce its example or failed where cold works",
             labels=["api"],
         )
+        gpu_memory = GaugeMetricFamily(
+            f"{PREFIX}_gpu_memory_bytes",
+            "GPU memory the model processes of an API on a GPU hold, by API and process",
+            labels=["api", "pid"],
+        )
+        held = gpus.gpu_memory_by_pid() if service.gpus else {}
         for name, engine in service.engines.items():
+            if service.gpus and service.device_of(name) != "cpu":
+                for pid in service.model_pids(name):
+                    gpu_memory.add_metric([name, str(pid)], held.get(pid, 0))
             runs.add_metric([name], engine.runs)
             run_seconds.add_metric([name], engine.run_seconds)
             waiting.add_metric([name], engine.waiting)
@@ -145,6 +155,7 @@ class _StateCollector(Collector):
             check_passed.add_metric([name], 1.0 if check.serving else 0.0)
             mode_changes.add_metric([name], service.mode_changes[name])
         yield from (runs, run_seconds, waiting, restarts, check_seconds, check_passed, mode_changes)
+        yield gpu_memory
         jobs: JobManager | None = getattr(self.app.state, "jobs", None)
         if jobs is not None:
             yield _active_jobs(jobs)
