@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 PRIVATE_DIR = 0o700
@@ -173,7 +175,11 @@ def _mirror(framework_dir: Path, root: Path) -> Path:
 
 def sweep(root: Path) -> int:
     """Remove the workspaces that servers no longer running left under ``root`` (a server
-    killed with SIGKILL cleans nothing up); the number removed."""
+    killed with SIGKILL cleans nothing up); the number removed.
+
+    A process still running in one (its working directory or its TMPDIR in it: a run that
+    outlived its server) is killed first, so no run goes on in a folder that is gone.
+    """
     removed = 0
     if not root.is_dir():
         return removed
@@ -181,10 +187,59 @@ def sweep(root: Path) -> int:
         parts = entry.name.split(".")
         if len(parts) < 3 or not parts[-2].isdigit() or _alive(int(parts[-2])):
             continue
+        _kill_processes_in(entry)
         _remove_linked_tmp(entry / "tmp")
         shutil.rmtree(entry, ignore_errors=True)
         removed += 1
     return removed
+
+
+def _kill_processes_in(folder: Path, *, within: float = 5.0) -> list[int]:
+    """SIGKILL this user's processes that work in ``folder`` (their working directory is in
+    it, or their TMPDIR is its ``tmp``), and wait, boundedly, until they are gone; their ids."""
+    places = [os.path.realpath(folder)]
+    with contextlib.suppress(OSError):
+        places.append(os.path.realpath(os.readlink(folder / "tmp")))
+    found = [pid for pid in _processes() if _works_in(pid, places)]
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + within
+    while any(_alive(pid) and not _zombie(pid) for pid in found) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return found
+
+
+def _processes() -> list[int]:
+    try:
+        names = os.listdir("/proc")
+    except OSError:  # no /proc: nothing to find
+        return []
+    return [int(name) for name in names if name.isdigit() and int(name) != os.getpid()]
+
+
+def _inside(path: str, places: list[str]) -> bool:
+    return any(path == place or path.startswith(place + os.sep) for place in places)
+
+
+def _works_in(pid: int, places: list[str]) -> bool:
+    try:
+        if _inside(os.readlink(f"/proc/{pid}/cwd"), places):
+            return True
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            variables = handle.read().split(b"\0")
+    except OSError:  # gone, or another user's
+        return False
+    tmp = next((v[7:] for v in variables if v.startswith(b"TMPDIR=")), None)
+    return tmp is not None and _inside(os.fsdecode(tmp), places)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rpartition(b")")[2].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _remove_linked_tmp(link: Path) -> None:
