@@ -196,7 +196,10 @@ def test_a_model_failing_on_every_try_ends_in_a_model_error(
     counting_repository: Path, client_log: list[str]
 ) -> None:
     with (
-        served(counting_repository, "--cold", env={"CLIENT_TEST_BROKEN": "1"}) as url,
+        # without the start-up self-check, which would hold the broken API back with a 503
+        served(
+            counting_repository, "--cold", "--no-self-check", env={"CLIENT_TEST_BROKEN": "1"}
+        ) as url,
         Client(url, retries=3, backoff=0.01) as client,
         pytest.raises(ModelError) as caught,
     ):

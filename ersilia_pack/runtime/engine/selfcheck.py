@@ -22,6 +22,7 @@ from ersilia_pack.runtime.bundle.columns import type_rows
 from ersilia_pack.runtime.bundle.examples import compare
 from ersilia_pack.runtime.bundle.manifest import ApiDefinition
 from ersilia_pack.runtime.engine.batcher import ApiEngine
+from ersilia_pack.runtime.engine.reasons import public_reason
 from ersilia_pack.runtime.settings import ServeSettings
 
 logger = logging.getLogger("ersilia_pack.runtime")
@@ -84,7 +85,7 @@ async def example_problem(api: ApiDefinition, engine: ApiEngine, *, fixed: bool)
         outcomes = await engine.predict(inputs)
     except Exception as error:  # a run error, a timeout: all the same here
         detail = getattr(error, "detail", None) or f"{type(error).__name__}: {error}"
-        return f"the example failed: {detail}"
+        return f"the example failed: {public_reason(detail, getattr(error, 'stderr_tail', ''))}"
     if len(outcomes) != len(inputs):
         return f"{len(outcomes)} rows for {len(inputs)} example inputs"
     problems = []
@@ -92,7 +93,9 @@ async def example_problem(api: ApiDefinition, engine: ApiEngine, *, fixed: bool)
         expected = api.example_output[index] if index < len(api.example_output) else None
         expects_values = expected is None or any(value.strip() for value in expected)
         if (outcome.error or outcome.row is None) and expects_values:
-            why = outcome.error or "no values"
+            why = (
+                public_reason(outcome.error, outcome.stderr_tail) if outcome.error else "no values"
+            )
             problems.append(f"the example input {inputs[index][:80]!r} failed: {why}")
     if problems:
         return "; ".join(problems[:MAX_SHOWN])

@@ -7,7 +7,6 @@ import functools
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -19,6 +18,7 @@ from ersilia_pack.runtime.bundle.columns import is_null, type_rows
 from ersilia_pack.runtime.bundle.manifest import ApiDefinition, Bundle
 from ersilia_pack.runtime.engine import gpus, workspace
 from ersilia_pack.runtime.engine.batcher import ApiEngine, ModelBroken
+from ersilia_pack.runtime.engine.reasons import public_reason
 from ersilia_pack.runtime.engine.runners import (
     LoadOnceRunner,
     RunError,
@@ -43,20 +43,6 @@ logger = logging.getLogger("ersilia_pack.runtime")
 DEFAULT_BATCH = {"sh": 1000, "py": 256}
 # The id of the HTTP request being answered, for log lines; the app's middleware sets it.
 REQUEST_ID: ContextVar[str] = ContextVar("ersilia_pack_request_id", default="-")
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s/:'\"]+)+/([^\s/:'\"]+)")
-
-
-def public_reason(detail: str, stderr_tail: str = "") -> str:
-    """A failure reason fit for a caller: the last line of stderr, without file paths or secrets."""
-    last = next((line.strip() for line in reversed(stderr_tail.splitlines()) if line.strip()), "")
-    text = f"{detail}: {last}" if last else detail
-    for name, value in os.environ.items():
-        if len(value) >= 6 and _SECRET_NAME.search(name) and value in text:
-            text = text.replace(value, "[redacted]")
-    return _PATH.sub(r"\1", text)[:500]
-
-
 NO_VALUES = "the model gave no values for this input"
 
 
