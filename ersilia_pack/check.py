@@ -12,8 +12,9 @@ to it over HTTP, so a bundle whose app cannot import, start or document itself f
    time (``serial`` in the manifest).
 4. Forked versus separate slots: a load-once API's example first runs in a worker that loads
    on its own; then in a slot forked from a loaded parent, as it is served by default. An API
-   whose forked run fails, hangs or disagrees is served with a process per slot (``fork:
-   false`` in the manifest), since forking after some load() is not safe (threads it started).
+   whose ``load()`` leaves threads running, or whose forked run fails, hangs or disagrees, is
+   served with a process per slot (``fork: false`` in the manifest), since forking after some
+   load() is not safe (a thread it started may hold a lock while the slot is forked).
 
 The decisions (``warm``, ``serial``, ``fork``) are written into the bundle's manifest.
 """
@@ -405,18 +406,45 @@ def _check_forked(
     report: CheckReport,
     timeout: float,
 ) -> None:
-    """Load-once APIs whose run in a forked slot fails, hangs or disagrees: ``report.separate``."""
+    """Load-once APIs that are not safe to fork: ``report.separate``.
+
+    One whose ``load()`` leaves threads running (a slot forked while one of them holds a lock
+    hangs when it needs that lock: one sample cannot tell, so any such thread decides), or
+    whose run in a forked slot fails, hangs or disagrees.
+    """
     forkable = [api for api in apis if api.kind == "py"]
     if not forkable:
         return
     limit = _time_limit(max(cold[api.name].seconds for api in forkable), timeout)
     with serving(bundle_dir, timeout=limit) as client:
         for api in forkable:
-            why = _warm_agrees(client, api, cold[api.name], limit, kind="forked")
-            _note_gpu(report, api, why)
+            threads = _threads_after_load(client, api, limit)
+            if threads:
+                why: str | None = (
+                    f"its load() leaves {len(threads)} threads running "
+                    f"({', '.join(threads[:5])}), so a slot forked from it may hang on a lock "
+                    "one of them holds"
+                )
+            else:
+                why = _warm_agrees(client, api, cold[api.name], limit, kind="forked")
+                _note_gpu(report, api, why)
             if why:
                 report.separate[api.name] = why
                 logger.warning("%s is served with a process per slot: %s", api.name, why)
+
+
+def _threads_after_load(client: TestClient, api: ApiDefinition, limit: float) -> list[str]:
+    """The threads that ``load()`` left running in the API's forked parent, once it loaded
+    (at most ``limit`` seconds); none when it did not load in time."""
+    service = getattr(getattr(client.app, "state", None), "service", None)
+    engine = getattr(service, "engines", {}).get(api.name)
+    pool = getattr(getattr(engine, "runner", None), "pool", None)
+    if pool is None or not hasattr(pool, "threads_after_load"):
+        return []
+    deadline = time.monotonic() + limit
+    while not pool.ready and pool.load_error is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [str(name) for name in pool.threads_after_load]
 
 
 def _check_overlapping(

@@ -472,6 +472,8 @@ class ForkedPool(_LoadRetrying):
         self._cleanup: Callable[[], None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._children: set[int] = set()
+        # threads other than the main one that the parent's load() left running
+        self.threads_after_load: list[str] = []
         self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._acks: dict[int, asyncio.Future[None]] = {}
         self._ids = itertools.count(1)
@@ -530,6 +532,16 @@ class ForkedPool(_LoadRetrying):
             self._load_failed(f"it did not load within {self.load_timeout:g} s", "")
             return
         self._children = {int(pid) for pid in hello.get("pids", [])}
+        self.threads_after_load = [str(name) for name in hello.get("threads", [])]
+        if self.threads_after_load:
+            logger.warning(
+                "%s: load() left %d threads running (%s): a slot forked from it may hang on a "
+                "lock one of them held; a pack of the model serves it with a process per slot, "
+                "as --separate-workers does",
+                self.name,
+                len(self.threads_after_load),
+                ", ".join(self.threads_after_load[:5]),
+            )
         if not hello.get("ready"):
             await self._kill(process, cleanup)
             self._load_failed("its model failed to load", str(hello.get("error", "")))
