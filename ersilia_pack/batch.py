@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import logging
@@ -305,16 +306,21 @@ def run_batch(
     chunk_size: int | None = None,
     progress: Callable[[Progress], object] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    dask: str | None = None,
 ) -> BatchSummary:
     """Run every input of ``input_path`` through ``api`` into ``output_path``; what it wrote.
 
     Exactly one of ``url`` (a served model: one job on it) and ``repository_dir`` (a model's
     repository folder or a bundle, run here) says where the model is. ``should_stop`` is asked
     between chunks: once it says yes the chunks in flight are finished and recorded, and
-    Interrupted is raised; the same call later continues from there.
+    Interrupted is raised; the same call later continues from there. ``dask`` (a scheduler's
+    address, with ``repository_dir`` on storage every worker reads) computes the chunks on a
+    Dask cluster instead of here.
     """
     if (url is None) == (repository_dir is None):
         raise InputFileError("give either a server URL or a repository folder, not both or none")
+    if dask is not None and repository_dir is None:
+        raise InputFileError("--dask computes a bundle: give --repository_dir, not --url")
     kind = _output_format(output_path)
     inputs = read_inputs(input_path)
     stop = should_stop or (lambda: False)
@@ -335,6 +341,7 @@ def run_batch(
         stop,
         workers,
         chunk_size,
+        dask,
     )
 
 
@@ -363,6 +370,7 @@ def _run_local(
     stop: Callable[[], bool],
     workers: int | None,
     chunk_size: int | None,
+    dask: str | None = None,
 ) -> BatchSummary:
     # The runtime (and the model's engine) is needed only here: import it when used.
     from ersilia_pack.runtime.bundle.manifest import find_bundle, load_bundle
@@ -379,8 +387,10 @@ def _run_local(
             f"use one of {', '.join(bundle.apis)}"
         )
     settings = ServeSettings.from_env(workers=workers)
-    # A chunk keeps every worker busy with a run or two; the engine splits it into runs.
-    size = max(1, chunk_size or 1000 * (settings.workers or os.cpu_count() or 1))
+    # A chunk keeps every worker busy with a run or two; the engine splits it into runs. On
+    # Dask a chunk is a task: each worker takes a few at once.
+    default = 1000 if dask else 1000 * (settings.workers or os.cpu_count() or 1)
+    size = max(1, chunk_size or default)
     target = f"{bundle.path}:{bundle.manifest.model_hash}"
     writer = _Writer(kind, bundle.apis[api].column_names)
     resume = _Resume(output_path, _key(input_path, api, target), len(inputs))
@@ -390,7 +400,11 @@ def _run_local(
         if start:
             logger.info("%d of %d rows were done before: going on from there", start, len(inputs))
         report(meter.progress(start, "computing"))
-        if start < len(inputs):
+        if start < len(inputs) and dask is not None:
+            _compute_on_dask(
+                dask, bundle, api, inputs, start, size, writer, resume, meter, report, stop, workers
+            )
+        elif start < len(inputs):
             asyncio.run(
                 _compute(
                     bundle, settings, api, inputs, start, size, writer, resume, meter, report, stop
@@ -454,6 +468,53 @@ async def _compute(
             task.cancel()
         await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
         await service.stop()
+
+
+def _compute_on_dask(
+    address: str,
+    bundle: Any,
+    api: str,
+    inputs: list[str],
+    start: int,
+    size: int,
+    writer: _Writer,
+    resume: _Resume,
+    meter: _Meter,
+    report: Callable[[Progress], object],
+    stop: Callable[[], bool],
+    workers: int | None,
+) -> None:
+    """Chunks from ``start`` on the Dask cluster at ``address``, recorded in order."""
+    if importlib.util.find_spec("distributed") is None:
+        raise BatchError("--dask needs the distributed package: pip install 'ersilia-pack[dask]'")
+    from ersilia_pack.dask_run import ChunkRows, compute_on_dask
+
+    chunks = [inputs[i : i + size] for i in range(start, len(inputs), size)]
+
+    def record(index: int, computed: ChunkRows) -> None:
+        if computed.error is not None:
+            status, detail = computed.error
+            done = int(resume.state["rows_done"])
+            kept = f"; the {done} rows done are kept for a rerun" if done else ""
+            raise BatchError(
+                f"{api} of {bundle.manifest.model_id} failed ({status}): {detail}{kept}"
+            )
+        first = int(resume.state["rows_done"]) == 0
+        chunk = chunks[index]
+        resume.record(writer.rows(chunk, computed.rows, first), len(chunk), computed.failed)
+        report(meter.progress(int(resume.state["rows_done"]), "computing"))
+
+    compute_on_dask(
+        address=address,
+        bundle_dir=bundle.path,
+        model_hash=bundle.manifest.model_hash,
+        api=api,
+        chunks=chunks,
+        first=0,
+        workers=workers,
+        record=record,
+        stop=stop,
+    )
 
 
 # --url: a job on a served model

@@ -635,6 +635,13 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     default=None,
     help="rows computed (or downloaded) and recorded at a time",
 )
+@click.option(
+    "--dask",
+    default=None,
+    metavar="ADDRESS",
+    help="with --repository_dir: compute on this Dask scheduler (tcp://HOST:8786); the bundle "
+    "must sit where every worker reads it",
+)
 @_logging_options
 def run_cli(
     url: str | None,
@@ -645,6 +652,7 @@ def run_cli(
     api_key: str | None,
     workers: int | None,
     chunk_size: int | None,
+    dask: str | None,
     verbose: bool,
     quiet: bool,
 ) -> None:
@@ -656,6 +664,8 @@ def run_cli(
 
     if (url is None) == (repository_dir is None):
         raise click.UsageError("give one of --url and --repository_dir")
+    if dask is not None and repository_dir is None:
+        raise click.UsageError("--dask computes a bundle: give --repository_dir, not --url")
     if verbose or quiet:
         _setup_logging(verbose, quiet)
     view = _ProgressView(terminal=sys.stderr.isatty(), quiet=quiet)
@@ -672,6 +682,7 @@ def run_cli(
                 chunk_size=chunk_size,
                 progress=view,
                 should_stop=stop.is_set,
+                dask=dask,
             )
     except KeyboardInterrupt:
         view.close()
