@@ -1,7 +1,8 @@
 """The pack-time checks: serve the new bundle the way ``ersilia_serve`` will and call it.
 
 Each check imports the bundle's generated app, starts it (start-up and shut-down run) and talks
-to it over HTTP, so a bundle whose app cannot import, start or document itself fails the pack.
+to it over HTTP (httpx's ASGI transport, on an event loop of its own), so a bundle whose app
+cannot import, start or document itself fails the pack.
 
 1. The example check: ``GET /openapi.json`` and ``GET /docs`` answer, and every API answers
    ``POST /<api>?with_meta=true`` on its example input, cold, with its example output.
@@ -21,19 +22,22 @@ The decisions (``warm``, ``serial``, ``fork``) are written into the bundle's man
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from fastapi.testclient import TestClient
+import httpx
+from fastapi import FastAPI
 
 from ersilia_pack.errors import RenderError, ServeError
 from ersilia_pack.runtime.bundle.examples import Rows, compare, row_differences
@@ -49,6 +53,80 @@ TIME_FACTOR = 10
 OVERLAPPING_REQUESTS = 4
 OVERLAPPING_WORKERS = 2  # slots: each loads the model, so few
 MAX_REPORTED = 10
+
+_T = TypeVar("_T")
+
+
+class AppClient:
+    """Calls an app in this process over HTTP (httpx's ASGI transport) from plain code.
+
+    The app runs on an event loop in a thread of its own, as it would under uvicorn; each
+    method blocks until its answer, and calls from several threads at once overlap on that
+    loop. ``lifespan`` runs the app's start-up on ``start`` and its shut-down on ``close``.
+    """
+
+    def __init__(self, app: FastAPI, *, lifespan: bool = True) -> None:
+        self.app = app
+        self._lifespan = lifespan
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="ersilia-pack-check", daemon=True
+        )
+        self._stack = contextlib.AsyncExitStack()
+        self._client: httpx.AsyncClient | None = None
+
+    def _call(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _start(self) -> None:
+        if self._lifespan:
+            await self._stack.enter_async_context(self.app.router.lifespan_context(self.app))
+        # An exception in a route is answered 500 (as uvicorn would), not raised here.
+        transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
+        self._client = await self._stack.enter_async_context(
+            httpx.AsyncClient(transport=transport, base_url="http://check", timeout=None)
+        )
+
+    def start(self) -> None:
+        """Start the loop and the app (its start-up, with ``lifespan``); raises what it raised."""
+        self._thread.start()
+        try:
+            self._call(self._start())
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Shut the app down and stop its loop."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self._call(self._stack.aclose())
+        finally:
+            self._call(_cancel_tasks())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def request(self, method: str, path: str, **options: Any) -> httpx.Response:
+        if self._client is None:
+            raise RuntimeError("the app is not started")
+        return self._call(self._client.request(method, path, **options))
+
+    def get(self, path: str, **options: Any) -> httpx.Response:
+        return self.request("GET", path, **options)
+
+    def post(self, path: str, **options: Any) -> httpx.Response:
+        return self.request("POST", path, **options)
+
+
+async def _cancel_tasks() -> None:
+    """Cancel what the app left running on its loop, and wait for it to end."""
+    current = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() if task is not current]
+    for task in left:
+        task.cancel()
+    await asyncio.gather(*left, return_exceptions=True)
 
 
 @dataclass
@@ -88,7 +166,7 @@ def _detail(response: Any) -> str:
     return str(detail if detail is not None else response.text[:300])
 
 
-def post_inputs(client: TestClient, api: ApiDefinition, inputs: list[str]) -> Answer:
+def post_inputs(client: AppClient, api: ApiDefinition, inputs: list[str]) -> Answer:
     """Run ``inputs`` through ``POST /<api>?with_meta=true`` and read the answer."""
     began = time.monotonic()
     response = client.post(f"/{api.name}", params={"with_meta": "true"}, json=inputs)
@@ -128,7 +206,7 @@ def check_state_dir(bundle_dir: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def serving(bundle_dir: Path, **settings: Any) -> Iterator[TestClient]:
+def serving(bundle_dir: Path, **settings: Any) -> Iterator[AppClient]:
     """The bundle's generated app, started, with its state in a temporary folder.
 
     Settings are explicit (ERSILIA_PACK_* variables of the packing shell do not apply) and
@@ -149,9 +227,9 @@ def serving(bundle_dir: Path, **settings: Any) -> Iterator[TestClient]:
             app = create_bundle_app(bundle_dir, ServeSettings.model_validate(values))
         except ServeError as error:
             raise RenderError(f"the bundle cannot be served: {error}") from error
-        client = TestClient(app, raise_server_exceptions=False)
+        client = AppClient(app)
         try:
-            client.__enter__()
+            client.start()
         except Exception as error:
             raise RenderError(
                 f"the bundle's app failed to start: {type(error).__name__}: {error}"
@@ -159,10 +237,10 @@ def serving(bundle_dir: Path, **settings: Any) -> Iterator[TestClient]:
         try:
             yield client
         finally:
-            client.__exit__(None, None, None)
+            client.close()
 
 
-def check_documents(client: TestClient) -> list[str]:
+def check_documents(client: AppClient) -> list[str]:
     """Problems of ``GET /openapi.json`` and ``GET /docs``, one line each."""
     problems = []
     for path in ("/openapi.json", "/docs"):
@@ -191,9 +269,13 @@ def check_app(bundle_dir: Path) -> None:
                 app = create_bundle_app(bundle_dir, settings)
             except ServeError as error:
                 raise RenderError(f"the bundle cannot be served: {error}") from error
-            # Without the context manager the app's start-up (the model) does not run.
-            with contextlib.closing(TestClient(app, raise_server_exceptions=False)) as client:
+            # Without its lifespan the app's start-up (the model) does not run.
+            client = AppClient(app, lifespan=False)
+            client.start()
+            try:
                 problems = check_documents(client)
+            finally:
+                client.close()
     finally:
         forget_bundle_app(bundle_dir)
     if problems:
@@ -245,7 +327,7 @@ def _first_difference(single: Rows, other: Rows, inputs: list[str]) -> str | Non
 
 
 def _warm_agrees(
-    client: TestClient, api: ApiDefinition, cold: Answer, limit: float, *, kind: str = "warm"
+    client: AppClient, api: ApiDefinition, cold: Answer, limit: float, *, kind: str = "warm"
 ) -> str | None:
     """None when the warm (or forked) run gives exactly what the cold run gave, else why not."""
     warm = post_inputs(client, api, api.example_input)
@@ -262,7 +344,7 @@ def _warm_agrees(
 
 
 def _overlapping_runs(
-    client: TestClient, api: ApiDefinition, single: Answer, *, compare_values: bool
+    client: AppClient, api: ApiDefinition, single: Answer, *, compare_values: bool
 ) -> str | None:
     """None when overlapping requests each get what a single run gave, else why not."""
     inputs = api.example_input
@@ -433,7 +515,7 @@ def _check_forked(
                 logger.warning("%s is served with a process per slot: %s", api.name, why)
 
 
-def _threads_after_load(client: TestClient, api: ApiDefinition, limit: float) -> list[str]:
+def _threads_after_load(client: AppClient, api: ApiDefinition, limit: float) -> list[str]:
     """The threads that ``load()`` left running in the API's forked parent, once it loaded
     (at most ``limit`` seconds); none when it did not load in time."""
     service = getattr(getattr(client.app, "state", None), "service", None)

@@ -1,0 +1,32 @@
+"""What a new user meets first, on the real console scripts: help, warnings, plain errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers import FIXTURES, run_command
+
+
+def _without_httpx2(tmp_path: Path) -> dict[str, str]:
+    """An environment where ``import httpx2`` fails, as for every user (httpx2 is only in the
+    dev extra), and every warning is shown."""
+    hidden = tmp_path / "hide-httpx2"
+    (hidden / "httpx2").mkdir(parents=True)
+    (hidden / "httpx2" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'httpx2'\", name='httpx2')\n"
+    )
+    return {"PYTHONPATH": str(hidden), "PYTHONWARNINGS": "default"}
+
+
+def test_help_and_a_pack_print_no_warning_without_httpx2(tmp_path: Path) -> None:
+    env = _without_httpx2(tmp_path)
+    shown = run_command("ersilia_pack", "--help", env=env, timeout=60)
+    packed = run_command(
+        "ersilia_pack", "--model_dir", FIXTURES / "stdlib-simple", "--system",
+        "--eos", tmp_path / "eos", env=env,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "Warning" not in shown.stderr
+    assert packed.returncode == 0, packed.stderr
+    assert "packed stdlib-simple into" in packed.stdout
+    assert "Warning" not in packed.stderr, packed.stderr
