@@ -568,6 +568,8 @@ def _run_remote(
                 job.wait(progress=follow)
             except _Stop:
                 raise _interrupted(resume) from None
+            except TimeoutError as error:  # the job made no progress for the client's bound
+                raise BatchError(str(error)) from error
             _download(job, inputs, writer, resume, report, stop, chunk_size or DOWNLOAD_CHUNK)
             failed = int(resume.state["failed"])
             resume.finish(writer.footer())

@@ -39,6 +39,9 @@ DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF = 0.5
 MAX_BACKOFF = 8.0
 RETRY_STATUSES = (502, 503, 504)
+# A job that makes no progress for this long is given up on (a job whose model version is no
+# longer served, or a server that no longer works on it, would be waited for for ever).
+DEFAULT_STALL = 3600.0
 NULL_ROW = "null row: the model gave no values for this input"
 # Errors that mean the request never reached the server: safe to retry even for a submit.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -526,16 +529,20 @@ class Job:
         poll: float = 1.0,
         timeout: float | None = None,
         outage: float = 300.0,
+        stall: float | None = DEFAULT_STALL,
     ) -> JobStatus:
         """Wait until the job is done; its final status.
 
         ``progress`` is called with each status polled (every ``poll`` seconds at most); an
         exception it raises stops the wait. A server that cannot be reached (restarting, say)
         is polled again until it answers, for up to ``outage`` seconds in a row. Raises
-        JobError when the job failed or was cancelled, TimeoutError after ``timeout`` seconds.
+        JobError when the job failed or was cancelled, TimeoutError after ``timeout`` seconds
+        in all, or when the job made no progress (no chunk recorded, no change of state) for
+        ``stall`` seconds (an hour; None waits for ever).
         """
         started = time.monotonic()
         reached = started
+        moved, last = started, None
         pause = min(poll, 0.1)
         while True:
             try:
@@ -549,6 +556,9 @@ class Job:
                 time.sleep(poll)
                 continue
             reached = time.monotonic()
+            mark = (status.state, status.done, status.raw.get("chunks_processed"))
+            if mark != last:
+                moved, last = reached, mark
             if progress is not None:
                 progress(status)
             if status.state == "done":
@@ -564,7 +574,17 @@ class Job:
             if timeout is not None and time.monotonic() - started > timeout:
                 raise TimeoutError(
                     f"job {self.id} is still {status.state} after {timeout:g} s "
-                    f"({status.done} of {status.total} rows done)"
+                    f"({status.done} of {status.total} rows done): wait longer "
+                    "(a bigger timeout), or follow it later with client.job(job_id).wait()"
+                )
+            if stall is not None and time.monotonic() - moved > stall:
+                raise TimeoutError(
+                    f"job {self.id} made no progress for {stall:g} s: it is still "
+                    f"{status.state} ({status.done} of {status.total} rows done). Check that a "
+                    f"server of the model version that made it still runs (GET /readyz, the "
+                    f"servers' logs); to keep waiting, follow it again (client.job(job_id)"
+                    f".wait(), or run the same ersilia_pack run command) with a longer stall; "
+                    "to start over, cancel it and submit the inputs again"
                 )
             time.sleep(pause)
             pause = min(poll, pause * 2)

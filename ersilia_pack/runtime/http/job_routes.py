@@ -265,6 +265,13 @@ def job_router(bundle: Bundle) -> APIRouter:
         job = await job_or_404(request, job_id)
         if job.state != DONE:
             raise HTTPException(409, _not_done(job))
+        if _manager(request).other_version(job):
+            raise HTTPException(
+                409,
+                f"job {job.id} was computed by another version of the model (model hash "
+                f"{job.model_hash[:12]}), whose columns may differ: fetch its result from a "
+                "server of that version, or submit the inputs again",
+            )
         manager = _manager(request)
         names = bundle.apis[job.api].column_names
         accept = request.headers.get("accept", "")

@@ -13,6 +13,10 @@ A chunk the model fails on (``PredictionError``: a timeout, or a model that fail
 example input) is tried again a few times with a growing pause. If it keeps failing while the
 model still answers its example input, the chunk's rows are null with the reason; if the model
 no longer answers, the job fails.
+
+The jobs of another version of the model (a repack with another model hash, sharing the
+store) are never run here, since that version may compute other rows; once no server of that
+version has been seen for ``job_claim_seconds``, they fail and say so.
 """
 
 from __future__ import annotations
@@ -179,13 +183,21 @@ class JobManager:
 
     async def get(self, job_id: str, *, owner: str) -> JobRecord | None:
         """The job, or None when it does not exist, belongs to another caller or was made for
-        another model (models may share a state folder or a Redis)."""
+        another model (models may share a state folder). A job of another version of this
+        model (another model hash, in a store kept per model: Redis) is found, so its
+        callers see it finish, or fail once that version is no longer served."""
         if not is_job_id(job_id):
             return None
         job = await asyncio.to_thread(self.store.get_job, job_id)
-        if job is None or job.owner != owner or job.model_hash != self.model_hash:
+        if job is None or job.owner != owner:
+            return None
+        if job.model_hash != self.model_hash and not self.store.versions_shared:
             return None
         return job
+
+    def other_version(self, job: JobRecord) -> bool:
+        """Whether another version of the model (another model hash) made the job."""
+        return job.model_hash != self.model_hash
 
     async def cancel(self, job_id: str, *, owner: str) -> str | None:
         """Cancel an unfinished job or remove a finished one; the outcome, or None if unknown.
@@ -258,10 +270,14 @@ class JobManager:
                     self._inflight[claim] = asyncio.create_task(self._run(claim))
 
     async def _tick_forever(self) -> None:
+        next_strays = 0.0
         while True:
             await asyncio.sleep(self.poll_seconds)
             try:
                 await self._renew()
+                if time.monotonic() >= next_strays:
+                    next_strays = time.monotonic() + self.claim_seconds / 2
+                    await self._fail_stranded()
                 if time.monotonic() - self._last_purge > PURGE_SECONDS:
                     await self._purge()
             except Exception:
@@ -282,6 +298,24 @@ class JobManager:
                     claim.chunk,
                 )
                 task.cancel()
+
+    async def _fail_stranded(self) -> None:
+        """Fail the unfinished jobs of a model version no longer served (a repack with another
+        model hash replaced it), which no server would ever run: their callers learn why."""
+        stranded = await asyncio.to_thread(
+            self.store.stranded_jobs,
+            self.model_hash,
+            idle=self.claim_seconds,
+            is_dead=holder_is_dead,
+        )
+        for job in stranded:
+            detail = (
+                f"the model version that owned this job (model hash {job.model_hash[:12]}) is "
+                f"no longer served: the servers now serve model hash {self.model_hash[:12]}, "
+                f"which does not run another version's jobs; submit the inputs again"
+            )
+            if await asyncio.to_thread(self.store.finish, job.id, FAILED, detail):
+                logger.warning("job %s failed: %s", job.id, detail)
 
     async def _purge(self) -> None:
         self._last_purge = time.monotonic()

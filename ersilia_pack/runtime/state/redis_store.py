@@ -22,7 +22,13 @@ from urllib.parse import urlsplit, urlunsplit
 from ersilia_pack.errors import ServeError
 from ersilia_pack.runtime.bundle.manifest import Bundle
 from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.runtime.state.store import CANCELLED, ChunkClaim, ChunkResult, JobRecord
+from ersilia_pack.runtime.state.store import (
+    ACTIVE_STATES,
+    CANCELLED,
+    ChunkClaim,
+    ChunkResult,
+    JobRecord,
+)
 
 GROUP = "replicas"
 _KEYS_PER_CALL = 500
@@ -175,6 +181,9 @@ def _text(value: Any) -> str:
 
 class RedisStore:
     """Jobs and cache of one model in Redis; every replica of the model uses the same keys."""
+
+    # Its jobs are all of one model id: a job of another model hash is another version's.
+    versions_shared = True
 
     def __init__(self, url: str, *, namespace: str, ttl_seconds: float) -> None:
         try:
@@ -356,6 +365,50 @@ class RedisStore:
             if _text(cursor) == "0-0":
                 break
         return self._started(model_hash, entries)
+
+    def stranded_jobs(
+        self, model_hash: str, *, idle: float, is_dead: Callable[[str], bool]
+    ) -> list[JobRecord]:
+        # Every job here is of this model (the keys are under its id): a job of another hash
+        # was made by another version of it, whose replicas read that hash's stream.
+        ids = [_text(job_id) for job_id in self._redis.zrange(self._jobs, 0, -1)]
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self._job(job_id), "model_hash", "state", "updated")
+        by_hash: dict[str, list[str]] = {}
+        recent: set[str] = set()
+        now = time.time()
+        for job_id, fields in zip(ids, pipe.execute() if ids else []):
+            owner, state, updated = (_text(v) if v is not None else "" for v in fields)
+            if not owner or owner == model_hash or state not in ACTIVE_STATES:
+                continue
+            by_hash.setdefault(owner, []).append(job_id)
+            if updated and now - float(updated) < idle:
+                recent.add(owner)
+        stranded: list[JobRecord] = []
+        for owner, job_ids in by_hash.items():
+            if owner in recent or self._served(owner, idle=idle, is_dead=is_dead):
+                continue
+            stranded.extend(job for job in map(self.get_job, job_ids) if job is not None)
+        return stranded
+
+    def _served(self, model_hash: str, *, idle: float, is_dead: Callable[[str], bool]) -> bool:
+        """Whether a live replica reads this hash's stream: one that read it, or renewed a
+        claim on it, within ``idle`` seconds, and is not a dead process of this host."""
+        stream = self._queue(model_hash)
+        if not self._redis.exists(stream):
+            return False
+        try:
+            consumers = self._redis.xinfo_consumers(stream, GROUP)
+            pending = self._redis.xpending_range(stream, GROUP, "-", "+", _KEYS_PER_CALL)
+        except self._response_error as error:
+            if "NOGROUP" in str(error):
+                return False
+            raise
+        limit = idle * 1000
+        seen = [(_text(c["name"]), int(c["idle"])) for c in consumers]
+        seen += [(_text(p["consumer"]), int(p["time_since_delivered"])) for p in pending]
+        return any(ms < limit and not is_dead(name) for name, ms in seen)
 
     def _reclaim(self, claims: list[ChunkClaim], holder: str, idle_ms: int) -> list[bool]:
         by_hash: dict[str, list[tuple[int, ChunkClaim]]] = {}

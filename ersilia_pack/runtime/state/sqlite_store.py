@@ -102,6 +102,9 @@ _KEYS_PER_QUERY = 500
 class SqliteStore:
     """The default store: one SQLite file, one connection shared under a lock."""
 
+    # Models may share the file: a job of another model hash may be another model's.
+    versions_shared = False
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -253,6 +256,13 @@ class SqliteStore:
                 (holder, model_hash, *ACTIVE_STATES, now - idle, *dead, count),
             ).fetchall()
             return self._claim(db, rows, holder)
+
+    def stranded_jobs(
+        self, model_hash: str, *, idle: float, is_dead: Callable[[str], bool]
+    ) -> list[JobRecord]:
+        # Models may share this file (--state-dir) and a job does not say which model made
+        # it, so a job of another hash may be another model's: none is judged stranded.
+        return []
 
     def renew(self, claims: list[ChunkClaim], holder: str) -> list[bool]:
         now = time.time()

@@ -132,10 +132,15 @@ SAVED, FINISHED, STOPPED = "saved", "finished", "stopped"
 class Store(Protocol):
     """Jobs, the claims replicas hold on their chunks, and the result cache.
 
+    ``versions_shared``: every job kept is of one model id, so a job of another model hash
+    is another version's (it may be shown, and failed once that version is no longer served).
+
     A job's chunks are queued when it is kept. A replica claims chunks one at a time while it
     has a free lane, renews its claims while it computes them and records each result once;
     a claim not renewed in time, or held by a process known to be dead, is taken over.
     """
+
+    versions_shared: bool
 
     def create_job(self, job: JobRecord, chunks: list[list[str]]) -> None:
         """Keep a new job and its inputs, split in chunks, and queue every chunk."""
@@ -164,6 +169,14 @@ class Store(Protocol):
     ) -> list[ChunkClaim]:
         """Claim up to ``count`` chunks of other holders: those of a holder ``is_dead`` says is
         gone, and those whose claim was not renewed for ``idle`` seconds."""
+
+    def stranded_jobs(
+        self, model_hash: str, *, idle: float, is_dead: Callable[[str], bool]
+    ) -> list[JobRecord]:
+        """Unfinished jobs that another version of the model (another model hash) made and no
+        live server serves any more: none of its replicas read its queue or renewed a claim
+        for ``idle`` seconds (``is_dead`` ones do not count) and none of its jobs changed."""
+        ...
 
     def renew(self, claims: list[ChunkClaim], holder: str) -> list[bool]:
         """Keep claims alive; False for a claim ``holder`` lost (taken over, or its job is no
