@@ -17,20 +17,23 @@ from typing import TYPE_CHECKING, Any, Literal
 import click
 
 from ersilia_pack import __version__
-from ersilia_pack.containerize import DEFAULT_BASE, ENGINES, containerize, default_tag
 from ersilia_pack.errors import ErsiliaPackError
-from ersilia_pack.install import BACKENDS
-from ersilia_pack.install.installer import INSTALLERS
-from ersilia_pack.kube import AUTOSCALERS, KubeOptions, apply_hint, kube_context, write_manifests
-from ersilia_pack.pack import DEFAULT_KEEP, lint, pack
-from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.serve import serve
 
 if TYPE_CHECKING:
     from ersilia_pack.batch import Progress
 
 EXIT_USAGE = 1
 EXIT_INTERNAL = 4
+
+# Each command imports its machinery (packing, the server, images, manifests) when it runs, so
+# a --help loads none of it; the names its options offer are spelled here, and
+# tests/unit/test_cli_names.py holds them to the registries they name.
+BACKENDS = ("system", "venv", "conda")  # ersilia_pack.install.BACKENDS
+INSTALLERS = ("uv", "pip")  # ersilia_pack.install.installer.INSTALLERS
+DEFAULT_KEEP = 3  # ersilia_pack.pack.DEFAULT_KEEP
+DEFAULT_BASE = "python:3.11-slim"  # ersilia_pack.containerize.DEFAULT_BASE
+ENGINES = ("docker", "podman")  # ersilia_pack.containerize.ENGINES
+AUTOSCALERS = ("hpa", "keda")  # ersilia_pack.kube.AUTOSCALERS
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
@@ -133,6 +136,8 @@ def _logging_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _pack_and_report(model_dir: Path, repository_root: Path | None, **options: Any) -> None:
+    from ersilia_pack.pack import pack
+
     result = pack(model_dir, repository_root=repository_root, **options)
     click.echo(f"packed {result.model_id} into {result.bundle_dir}")
     if result.warnings:
@@ -387,6 +392,9 @@ def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
 def _serve_with(
     path: Path, host: str, port: int, root_path: str, verbose: bool, quiet: bool, **overrides: Any
 ) -> None:
+    from ersilia_pack.runtime.settings import ServeSettings
+    from ersilia_pack.serve import serve
+
     _setup_logging(verbose, quiet)
     if overrides.get("cors_origins") == ():
         overrides["cors_origins"] = None
@@ -512,6 +520,8 @@ def model_serve_cli(
 )
 def model_lint_cli(repo_path: Path, variant: str | None) -> None:
     """Validate a model repository and report every problem at once."""
+    from ersilia_pack.pack import lint
+
     spec = lint(repo_path, variant=variant)
     apis = ", ".join(f"{api.name} ({api.kind}, {len(api.columns)} columns)" for api in spec.apis)
     click.echo(
@@ -820,6 +830,10 @@ def containerize_cli(
     quiet: bool,
 ) -> None:
     """Build a model's image (and ersilia-pack's base image when missing); write manifests."""
+    from ersilia_pack.containerize import containerize, default_tag
+    from ersilia_pack.kube import KubeOptions, apply_hint, kube_context, write_manifests
+    from ersilia_pack.pack import lint
+
     _setup_logging(verbose, quiet)
     if no_build and kube_dir is None:
         raise click.UsageError("--no-build writes manifests only: give --kube DIR too")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from helpers import FIXTURES, run_command
 
 
@@ -30,3 +31,20 @@ def test_help_and_a_pack_print_no_warning_without_httpx2(tmp_path: Path) -> None
     assert packed.returncode == 0, packed.stderr
     assert "packed stdlib-simple into" in packed.stdout
     assert "Warning" not in packed.stderr, packed.stderr
+
+
+@pytest.mark.parametrize("command", ["ersilia_pack", "ersilia_serve"])
+def test_help_loads_no_server_packing_images_or_manifests(command: str) -> None:
+    result = run_command(command, "--help", env={"PYTHONPROFILEIMPORTTIME": "1"}, timeout=60)
+    loaded = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ersilia_pack.cli" in loaded
+    machinery = {
+        "fastapi", "uvicorn", "httpx", "ersilia_pack.pack", "ersilia_pack.check",
+        "ersilia_pack.serve", "ersilia_pack.containerize", "ersilia_pack.kube",
+    }  # fmt: skip
+    assert not machinery & loaded
