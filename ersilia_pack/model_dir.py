@@ -7,7 +7,9 @@ import csv
 import hashlib
 import os
 import shlex
+import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -336,6 +338,43 @@ def _read_apis(model_dir: Path, problems: list[Problem]) -> list[ApiDefinition]:
     return apis
 
 
+def _check_bash_syntax(model_dir: Path, apis: list[ApiDefinition], problems: list[Problem]) -> None:
+    """``bash -n`` on the install scripts and every ``.sh`` API: a syntax error is found here,
+    with bash's own message, rather than after the install when the script first runs."""
+    bash = shutil.which("bash")
+    if bash is None:
+        return
+    scripts = sorted(model_dir.glob("install*.sh")) + [
+        model_dir / "model" / "framework" / api.script for api in apis if api.kind == "sh"
+    ]
+    for path in scripts:
+        if not path.is_file():
+            continue
+        try:
+            checked = subprocess.run(
+                [bash, "-n", str(path)],
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=30,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue  # bash could not say; the run will
+        if checked.returncode == 0:
+            continue
+        where = path.relative_to(model_dir).as_posix()
+        lines = [line.replace(f"{path}: ", "") for line in checked.stderr.splitlines()]
+        message = "; ".join(line.strip() for line in lines if line.strip())[:500]
+        problems.append(
+            Problem(
+                where,
+                f"is not valid bash: {message or f'bash -n exited with {checked.returncode}'}",
+                f"fix that line; bash -n {where} checks the file",
+            )
+        )
+
+
 def _check_symlinks(model_dir: Path, problems: list[Problem]) -> bool:
     """Report links that leave the model directory, loop, or hold their own folder.
 
@@ -485,6 +524,7 @@ def read_model_dir(model_dir: Path, *, variant: str | None = None) -> ModelSpec:
     metadata, metadata_name = read_metadata(model_dir, problems)
     plan = read_plan(model_dir, problems, variant=variant)
     apis = _read_apis(model_dir, problems)
+    _check_bash_syntax(model_dir, apis, problems)
     if problems:
         raise ModelDirError(problems, str(model_dir))
     pointers = find_lfs_pointers(model_dir)

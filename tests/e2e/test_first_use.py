@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import FIXTURES, run_command
+from helpers import FIXTURES, copy_fixture, run_command
 
 
 def _without_httpx2(tmp_path: Path) -> dict[str, str]:
@@ -48,3 +48,18 @@ def test_help_loads_no_server_packing_images_or_manifests(command: str) -> None:
         "ersilia_pack.serve", "ersilia_pack.containerize", "ersilia_pack.kube",
     }  # fmt: skip
     assert not machinery & loaded
+
+
+def test_a_script_with_a_syntax_error_is_found_before_the_install(tmp_path: Path) -> None:
+    model = copy_fixture("stdlib-simple", tmp_path / "model")
+    (model / "model" / "framework" / "run.sh").write_text("python $1/code/features.py $2 $3\n(\n")
+    result = run_command(
+        "ersilia_pack", "--model_dir", model, "--system", "--eos", tmp_path / "eos", timeout=120
+    )
+    assert result.returncode == 1, result.stderr
+    assert (
+        "model/framework/run.sh: is not valid bash: line 3: syntax error: unexpected end of file"
+        in result.stderr
+    )
+    assert "needs no packages" not in result.stdout + result.stderr  # install.sh never ran
+    assert not (tmp_path / "eos" / "repository" / "stdlib-simple").exists()
