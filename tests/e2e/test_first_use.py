@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,29 @@ def test_a_script_with_a_syntax_error_is_found_before_the_install(tmp_path: Path
     )
     assert "needs no packages" not in result.stdout + result.stderr  # install.sh never ran
     assert not (tmp_path / "eos" / "repository" / "stdlib-simple").exists()
+
+
+@pytest.mark.parametrize("where", ["missing", "empty"])
+def test_serving_a_folder_without_a_bundle_is_a_usage_error(tmp_path: Path, where: str) -> None:
+    folder = tmp_path / where
+    if where == "empty":
+        folder.mkdir()
+    result = run_command("ersilia_serve", "--repository_dir", folder, "--port", "0", timeout=60)
+    assert result.returncode == 1, result.stderr
+    expected = "does not exist or is not a folder" if where == "missing" else "holds no finished"
+    assert f"error: {folder} {expected}" in result.stderr
+    assert "$EOS/repository/MODEL_ID" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_taken_port_is_named_with_a_way_out(packed: Callable[..., Path]) -> None:
+    bundle = packed("stdlib-simple")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run_command("ersilia_serve", "--repository_dir", bundle, "--port", port)
+    assert result.returncode == 4, result.stderr
+    assert f"port {port} on 127.0.0.1 is taken by another program" in result.stderr
+    assert "--port 0 for a free one" in result.stderr
+    assert "see uvicorn's error above" not in result.stderr
