@@ -12,7 +12,8 @@ at once when it ran on this host, else when its claims have not been renewed for
 A chunk the model fails on (``PredictionError``: a timeout, or a model that failed even on its
 example input) is tried again a few times with a growing pause. If it keeps failing while the
 model still answers its example input, the chunk's rows are null with the reason; if the model
-no longer answers, the job fails.
+no longer answers, the job fails. Rows of a chunk that came back null because their run ran
+out of time are tried once more, by themselves, before they stay null.
 
 The jobs of another version of the model (a repack with another model hash, sharing the
 store) are never run here, since that version may compute other rows; once no server of that
@@ -395,7 +396,7 @@ class JobManager:
         options = job.options
         for attempt in range(self.retries + 1):
             try:
-                return await self.service.predict(
+                prediction = await self.service.predict(
                     job.api,
                     inputs,
                     fetch_cache=options.get("fetch_cache", True),
@@ -405,6 +406,8 @@ class JobManager:
                 )
             except PredictionError as error:
                 failure = error
+            else:
+                return await self._again_if_late(job, claim, inputs, prediction)
             if attempt < self.retries:
                 pause = self.retry_seconds * 2**attempt
                 logger.warning(
@@ -428,6 +431,38 @@ class JobManager:
         await self._fail(job.id, failure.detail)
         return None
 
+    async def _again_if_late(
+        self, job: JobRecord, claim: ChunkClaim, inputs: list[str], prediction: Prediction
+    ) -> Prediction:
+        """The chunk's rows, where those null because their run ran out of time (a machine
+        busy for a while) were tried once more by themselves; the engine splits them again."""
+        late = [
+            i
+            for i, reason in prediction.errors.items()
+            if prediction.rows[i] is None and any(words in reason for words in _RAN_OUT_OF_TIME)
+        ]
+        if not late or job.options.get("cache_only"):
+            return prediction
+        logger.info("job %s: chunk %d: %d rows ran out of time; once more", *_at(claim), len(late))
+        try:
+            again = await self.service.predict(
+                job.api,
+                [inputs[i] for i in late],
+                fetch_cache=False,
+                save_cache=job.options.get("save_cache", True),
+                background=True,
+            )
+        except PredictionError:
+            return prediction
+        rows = list(prediction.rows)
+        errors = dict(prediction.errors)
+        for position, i in enumerate(late):
+            rows[i] = again.rows[position]
+            errors.pop(i)
+            if position in again.errors:
+                errors[i] = again.errors[position]
+        return Prediction(rows=rows, errors=errors, cached=prediction.cached)
+
     async def _model_answers(self, api: str) -> bool:
         """Whether the model still gives a row for its own example input."""
         example = self.service.bundle.apis[api].example_input
@@ -440,6 +475,11 @@ class JobManager:
         except PredictionError:
             return False
         return any(row is not None for row in probe.rows)
+
+
+# How the engine words a run that ran out of time ("run did not finish within 600 s", "no run
+# worker process was free within 600 s").
+_RAN_OUT_OF_TIME = ("did not finish within", "was free within")
 
 
 def _at(claim: ChunkClaim) -> tuple[str, int]:
