@@ -78,6 +78,7 @@ class ApiEngine:
         self._slots = asyncio.Semaphore(runner.concurrency)
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._borrowed = 0  # slots a search for failing inputs took for a split run
         self.runs = 0
         self.run_seconds = 0.0
 
@@ -150,17 +151,23 @@ class ApiEngine:
 
     async def _dispatch_forever(self) -> None:
         while True:
-            await self._slots.acquire()
+            # Work first, then a slot: an idle dispatcher holds no slot, so a search for the
+            # failing inputs of a batch may use the free ones.
             queue = self._next_queue()
             while queue is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 queue = self._next_queue()
+            await self._slots.acquire()
+            queue = self._next_queue()  # a cancelled request may have taken its inputs back
+            if queue is None:
+                self._slots.release()
+                continue
             if self.batch_wait and queue is self._pending and len(queue) < self.batch_size:
                 await asyncio.sleep(self.batch_wait)
             # Share what is waiting across the free slots rather than filling one run first;
             # with one slot free, everything waiting goes into this run.
-            free = max(1, self.runner.concurrency - len(self._running))
+            free = max(1, self.runner.concurrency - len(self._running) - self._borrowed)
             limit = self.batch_size
             if queue is self._background and self.runner.concurrency == 1:
                 limit = min(limit, SINGLE_SLOT_BACKGROUND_BATCH)
@@ -182,7 +189,7 @@ class ApiEngine:
         try:
             inputs = [key if isinstance(key, str) else key[0] for key in batch]
             try:
-                outcomes = await self._run_splitting(inputs)
+                outcomes = await self._run_splitting(inputs, background)
             except Exception as error:  # every caller of the batch must hear of any failure
                 if not isinstance(error, RunError):
                     logger.exception("a run of %d inputs could not be made", len(inputs))
@@ -210,15 +217,15 @@ class ApiEngine:
         finally:
             self.run_seconds += loop.time() - began
 
-    async def _run_splitting(self, inputs: list[str]) -> list[Outcome]:
+    async def _run_splitting(self, inputs: list[str], background: bool = False) -> list[Outcome]:
         """The one failure policy: a failed or timed-out batch is first compared with a run on
         the model's own example input (both failing: the model is broken, not the inputs),
         then split in halves until the inputs that fail are found.
 
-        The first run may take the whole timeout; finding the failing inputs shares one more
-        timeout in all, each split run getting its share by size (at least a few times the
-        probe's time), so one hanging input costs one null row, not a 504 for every request
-        merged with it.
+        Every split run has a time limit of its own, so an input that runs out of time costs
+        its own null row and no one else's: one input alone gets the whole timeout (it is
+        only given up on after running alone that long); a group gets a limit fitted to its
+        size (see ``_Search``). Halves run side by side where a slot is free.
         """
         try:
             try:
@@ -229,63 +236,103 @@ class ApiEngine:
                 logger.warning("%s; running its batch once more", died.detail)
                 result = await self._run_once(inputs, self.timeout)
         except RunError as error:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.timeout
-            floor = await self._check_model_works(error, deadline)
-            return await self._bisect(inputs, error, _Budget(deadline, len(inputs), floor))
+            floor = await self._check_model_works(error)
+            search = _Search(self.timeout, len(inputs), floor, borrow=not background)
+            return await self._split(inputs, error, search)
         return _outcomes(result)
 
-    async def _check_model_works(self, error: RunError, deadline: float) -> float:
-        """Run the example input; ModelBroken when it fails too. The probe's duration, as the
-        least time a split run gets."""
+    async def _check_model_works(self, error: RunError) -> float:
+        """Run the example input; ModelBroken when it fails too. A few times the probe's
+        duration (at least 1 s, at most a quarter of the timeout), as the least time a split
+        run of a group gets."""
         loop = asyncio.get_running_loop()
         if self.probe_input is None:
             return self.timeout / 10
         began = loop.time()
         try:
-            await self._run_once([self.probe_input], max(0.001, deadline - began))
+            await self._run_once([self.probe_input], self.timeout)
         except RunError as probe_error:
             raise ModelBroken(
                 error.detail,
                 error.stderr_tail or probe_error.stderr_tail,
                 timed_out=_timed_out(probe_error),
             ) from error
-        return max(1.0, 3 * (loop.time() - began))
+        # At least a second, where the timeout leaves room for a few such steps.
+        return min(max(1.0, 3 * (loop.time() - began)), self.timeout / 4)
 
-    async def _bisect(self, inputs: list[str], error: RunError, budget: _Budget) -> list[Outcome]:
-        if len(inputs) == 1:
+    async def _split(self, inputs: list[str], error: RunError, search: _Search) -> list[Outcome]:
+        """Outcomes of inputs whose run failed with ``error``."""
+        if len(inputs) == 1:  # it ran alone with the whole timeout: a verdict
             logger.info("input %r failed: %s", inputs[0][:80], error.detail)
             return [Outcome(None, error.detail, error.stderr_tail, timed_out=_timed_out(error))]
         middle = len(inputs) // 2
-        outcomes: list[Outcome] = []
-        for half in (inputs[:middle], inputs[middle:]):
-            allowance = budget.allowance(len(half))
-            if allowance is None:
-                detail = "no time was left to find the inputs that failed"
-                outcomes.extend(Outcome(None, detail, timed_out=True) for _ in half)
-                continue
+        first, second = await self._side_by_side(inputs[:middle], inputs[middle:], search)
+        return first + second
+
+    async def _try(self, inputs: list[str], search: _Search) -> list[Outcome]:
+        limit = self.timeout if len(inputs) == 1 else search.limit(len(inputs))
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            result = await self._run_once(inputs, limit)
+        except RunError as error:
+            return await self._split(inputs, error, search)
+        search.record(len(inputs), loop.time() - began)
+        return _outcomes(result)
+
+    async def _side_by_side(
+        self, first: list[str], second: list[str], search: _Search
+    ) -> tuple[list[Outcome], list[Outcome]]:
+        """Both halves' outcomes: the first on a slot of its own when one is free (never for
+        background work, which must leave slots to requests), else one after the other."""
+        if not search.borrow or self._slots.locked():
+            return await self._try(first, search), await self._try(second, search)
+        await self._slots.acquire()  # free: returns at once
+        self._borrowed += 1
+
+        async def on_borrowed_slot() -> list[Outcome]:
             try:
-                result = await self._run_once(half, allowance)
-            except RunError as half_error:
-                outcomes.extend(await self._bisect(half, half_error, budget))
-            else:
-                outcomes.extend(_outcomes(result))
-        return outcomes
+                return await self._try(first, search)
+            finally:
+                self._borrowed -= 1
+                self._slots.release()
+
+        task = asyncio.create_task(on_borrowed_slot())
+        try:
+            later = await self._try(second, search)
+        except BaseException:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+        return await task, later
 
 
-@dataclass
-class _Budget:
-    """The time left to find the failing inputs of one batch, shared by its split runs."""
+class _Search:
+    """Time limits for the split runs of one failed batch of ``size`` inputs.
 
-    deadline: float
-    size: int
-    floor: float
+    A group of inputs gets its share of the timeout by size or, once groups of good inputs
+    have answered, three times what they suggest a group of its size needs, whichever is
+    less, and at least ``floor`` (a few times a run of the example input). A group that runs
+    past its limit is split, so a limit too short costs runs, never rows.
+    """
 
-    def allowance(self, size: int) -> float | None:
-        left = self.deadline - asyncio.get_running_loop().time()
-        if left <= 0:
-            return None
-        return min(left, max(left * size / self.size, self.floor))
+    def __init__(self, timeout: float, size: int, floor: float, *, borrow: bool) -> None:
+        self.timeout = timeout
+        self.size = size
+        self.floor = floor
+        self.borrow = borrow
+        self._answered: list[tuple[int, float]] = []  # (inputs, seconds) of runs that answered
+
+    def limit(self, size: int) -> float:
+        share = self.timeout * size / self.size
+        # A group of good inputs takes no longer than a bigger one did, and about in
+        # proportion to its size beyond that.
+        expected = [seconds * max(1.0, size / count) for count, seconds in self._answered]
+        fitted = min([share, *(3 * seconds for seconds in expected)])
+        return min(self.timeout, max(self.floor, fitted))
+
+    def record(self, size: int, seconds: float) -> None:
+        self._answered.append((size, seconds))
 
 
 def _timed_out(error: RunError) -> bool:
