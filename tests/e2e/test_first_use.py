@@ -6,8 +6,9 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
-from helpers import FIXTURES, copy_fixture, run_command
+from helpers import FIXTURES, copy_fixture, run_command, served
 
 
 def _without_httpx2(tmp_path: Path) -> dict[str, str]:
@@ -91,3 +92,30 @@ def test_a_taken_port_is_named_with_a_way_out(packed: Callable[..., Path]) -> No
     assert f"port {port} on 127.0.0.1 is taken by another program" in result.stderr
     assert "--port 0 for a free one" in result.stderr
     assert "see uvicorn's error above" not in result.stderr
+
+
+def test_a_multipart_csv_upload_with_and_without_inputs(packed: Callable[..., Path]) -> None:
+    bundle = packed("stdlib-simple")
+    with served(bundle) as url:
+        upload = httpx.post(
+            f"{url}/run", files={"file": ("in.csv", b"input\nabc\nde\n", "text/csv")}
+        )
+        header_only = httpx.post(f"{url}/run", files={"file": ("in.csv", b"input\n", "text/csv")})
+        # a browser's form sent before a file was chosen
+        boundary = "b0undary"
+        nothing = httpx.post(
+            f"{url}/run",
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+            content=(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename=""\r\n'
+                f"Content-Type: application/octet-stream\r\n\r\n\r\n--{boundary}--\r\n"
+            ).encode(),
+        )
+    assert upload.status_code == 200, upload.text
+    assert [row["upper"] for row in upload.json()] == ["ABC", "DE"]
+    assert header_only.status_code == 422
+    assert header_only.json()["detail"] == (
+        "the uploaded file 'in.csv': the CSV holds no inputs below its header row"
+    )
+    assert nothing.status_code == 422
+    assert nothing.json()["detail"].startswith("no file was chosen for the form field 'file'")

@@ -59,7 +59,8 @@ def inputs_from_csv(text: str) -> list[str]:
     return read_csv(text)
 
 
-def _csv_from_multipart(content_type: str, body: bytes) -> str:
+def _csv_from_multipart(content_type: str, body: bytes) -> tuple[str, str]:
+    """The CSV of a multipart upload, and where it came from (for messages about it)."""
     head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1")
     message = BytesParser(policy=HTTP).parsebytes(head + body)
     if not message.is_multipart():
@@ -72,14 +73,21 @@ def _csv_from_multipart(content_type: str, body: bytes) -> str:
             fields.append((part.get_filename(), name if isinstance(name, str) else None, payload))
     # A file upload first; else the CSV sent as a plain field named "file" (curl -F 'file=<x')
     # or as the form's only field.
-    chosen = next((data for filename, _, data in fields if filename), None)
+    chosen = next((field for field in fields if field[0]), None)
     if chosen is None:
-        chosen = next((data for _, name, data in fields if name == "file"), None)
+        chosen = next((field for field in fields if field[1] == "file"), None)
     if chosen is None and len(fields) == 1:
-        chosen = fields[0][2]
+        chosen = fields[0]
     if chosen is None:
         raise InputError("the multipart body has no file: upload the CSV as a file field")
-    return chosen.decode("utf-8-sig", errors="replace")
+    filename, name, data = chosen
+    if not filename and not data:  # a browser's form sent with no file chosen
+        raise InputError(
+            f"no file was chosen for the form field {name or 'file'!r}: upload a CSV with a "
+            "header row and one input per row"
+        )
+    source = f"the uploaded file {filename!r}" if filename else f"the form field {name!r}"
+    return data.decode("utf-8-sig", errors="replace"), source
 
 
 def parse_inputs(content_type: str, body: bytes) -> list[str]:
@@ -103,7 +111,11 @@ def parse_inputs(content_type: str, body: bytes) -> list[str]:
     if media == "text/plain":
         return read_lines(body.decode("utf-8-sig", errors="replace"))
     if media == "multipart/form-data":
-        return inputs_from_csv(_csv_from_multipart(content_type, body))
+        text, source = _csv_from_multipart(content_type, body)
+        try:
+            return inputs_from_csv(text)
+        except InputError as error:  # say which part of the form it is about
+            raise InputError(f"{source}: {error}", error.status_code) from error
     raise InputError(
         f"content type {media!r} is not supported: send application/json, text/csv, "
         "text/plain (one input per line) or a multipart/form-data CSV upload",
