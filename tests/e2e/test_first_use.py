@@ -119,3 +119,20 @@ def test_a_multipart_csv_upload_with_and_without_inputs(packed: Callable[..., Pa
     )
     assert nothing.status_code == 422
     assert nothing.json()["detail"].startswith("no file was chosen for the form field 'file'")
+
+
+def test_an_unknown_route_lists_the_models_apis(packed: Callable[..., Path]) -> None:
+    bundle = packed("stdlib-simple")
+    with served(bundle) as url:
+        unknown = httpx.get(f"{url}/nope")
+        posted = httpx.post(f"{url}/predict", json=["abc"])
+        missing_field = httpx.get(f"{url}/card/NoSuchField")
+    assert unknown.status_code == 404
+    assert unknown.json() == {
+        "detail": "no route GET /nope; this model's APIs: POST /run; see /docs"
+    }
+    assert posted.status_code == 404
+    assert posted.json()["detail"].startswith("no route POST /predict; this model's APIs")
+    # a route's own 404 keeps its own detail
+    assert missing_field.status_code == 404
+    assert "NoSuchField" in missing_field.json()["detail"]

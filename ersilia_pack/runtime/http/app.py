@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ersilia_pack import __version__
@@ -266,6 +268,18 @@ def _add_error_handling(app: FastAPI) -> None:
             for item in error.errors()
         ]
         return JSONResponse({"detail": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 404 and error.detail == "Not Found":  # no such route
+            bundle: Bundle = request.app.state.bundle
+            apis = ", ".join(f"POST /{name}" for name in bundle.apis)
+            detail = (
+                f"no route {request.method} {request.url.path[:200]}; this model's APIs: "
+                f"{apis}; see /docs"
+            )
+            return JSONResponse({"detail": detail}, status_code=404)
+        return await http_exception_handler(request, error)
 
 
 def build_app(bundle_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
