@@ -214,7 +214,13 @@ def pack_cli(
 ) -> None:
     """Validate, install and render a model directory into a servable bundle.
 
-    With a command instead of --model_dir, run that command (see the list below).
+    \b
+    Then serve it:  ersilia_serve --repository_dir $EOS/repository/MODEL_ID [--port 0]
+    With a command instead of --model_dir, run that command (listed below):
+      ersilia_pack run -i INPUT.csv -o OUTPUT.csv --repository_dir DIR | --url URL
+      ersilia_pack containerize --model_dir DIR   (a model's image, Kubernetes manifests)
+    For the Ersilia client: ersilia_model_pack, ersilia_model_serve, ersilia_model_lint.
+    Each command's own --help has the details.
     """
     _setup_logging(verbose, quiet)
     if ctx.invoked_subcommand is not None:
@@ -425,7 +431,7 @@ def _serve_with(
 def serve_cli(
     path: Path, host: str, port: int, root_path: str, verbose: bool, quiet: bool, **overrides: Any
 ) -> None:
-    """Serve a packed model with uvicorn."""
+    """Serve a packed model with uvicorn (ersilia_pack --model_dir DIR packs one)."""
     _serve_with(path, host, port, root_path, verbose, quiet, **overrides)
 
 

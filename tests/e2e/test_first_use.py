@@ -136,3 +136,12 @@ def test_an_unknown_route_lists_the_models_apis(packed: Callable[..., Path]) -> 
     # a route's own 404 keeps its own detail
     assert missing_field.status_code == 404
     assert "NoSuchField" in missing_field.json()["detail"]
+
+
+def test_the_help_names_every_command() -> None:
+    shown = run_command("ersilia_pack", "--help", timeout=60)
+    assert shown.returncode == 0
+    text = " ".join(shown.stdout.split())
+    assert "ersilia_serve --repository_dir $EOS/repository/MODEL_ID" in text
+    for command in ("ersilia_pack run", "ersilia_pack containerize", "ersilia_model_serve"):
+        assert command in text
