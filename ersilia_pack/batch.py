@@ -63,7 +63,7 @@ class Progress:
     total: int
     rate: float
     left: float | None
-    stage: str  # "computing", "waiting for the job" or "downloading"
+    stage: str  # "computing", "waiting for the job to start" (queued) or "downloading"
 
 
 @dataclass(frozen=True)
@@ -560,7 +560,10 @@ def _run_remote(
             def follow(status: Any) -> None:
                 if not meters:  # rates count the rows done while this run follows the job
                     meters.append(_Meter(len(inputs), status.done))
-                report(meters[0].progress(status.done, "waiting for the job"))
+                # the server computes the job: its rows done are the progress
+                queued = status.state == "queued" and not status.done
+                stage = "waiting for the job to start" if queued else "computing"
+                report(meters[0].progress(status.done, stage))
                 if stop():
                     raise _Stop
 

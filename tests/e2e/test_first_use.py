@@ -145,3 +145,18 @@ def test_the_help_names_every_command() -> None:
     assert "ersilia_serve --repository_dir $EOS/repository/MODEL_ID" in text
     for command in ("ersilia_pack run", "ersilia_pack containerize", "ersilia_model_serve"):
         assert command in text
+
+
+def test_the_batch_progress_says_computing_with_the_rows_done(
+    packed: Callable[..., Path], tmp_path: Path
+) -> None:
+    bundle = packed("stdlib-simple")
+    inputs = tmp_path / "in.csv"
+    inputs.write_text("input\nabc\nde\nfgh\n")
+    with served(bundle) as url:
+        result = run_command(
+            "ersilia_pack", "run", "--url", url, "-i", inputs, "-o", tmp_path / "out.csv"
+        )
+    assert result.returncode == 0, result.stderr
+    assert "computing: 3/3 rows (100%)" in result.stderr
+    assert "waiting for the job:" not in result.stderr
