@@ -348,6 +348,22 @@ def _build(
 # The base image
 
 
+def _pull(engine: Engine, image: str) -> None:
+    """Pull ``image``; ContainerError saying so, with the engine's last line, when it cannot
+    (no network, a name no registry has), rather than a failed build's whole command."""
+    logger.info("%s does not have %s yet: pulling it", engine.name, image)
+    try:
+        _stream([engine.path, "pull", image], step="base image pull")
+    except BuildError as error:
+        last = next((line for line in reversed(error.tail.splitlines()) if line.strip()), "")
+        said = f" ({engine.name} said: {last.strip()[:300]})" if last else ""
+        raise ContainerError(
+            f"the base image {image} could not be pulled{said}: without a network, pass --base "
+            f"with an image this machine has ({engine.name} images lists them), e.g. "
+            "--base python:3.11-slim once it was pulled"
+        ) from error
+
+
 def source_root() -> Path | None:
     """The ersilia-pack source checkout this package runs from, or None (an ordinary install)."""
     root = Path(__file__).resolve().parent.parent
@@ -477,6 +493,8 @@ def ensure_base(
         if not no_cache and engine.image_size(tag) is not None:
             logger.info("base image %s is there", tag)
             return tag
+        if engine.image_size(base) is None:
+            _pull(engine, base)
         logger.info("building the base image %s on %s", tag, base)
         _build(
             engine,
@@ -605,8 +623,6 @@ def containerize(
     image = tag or default_tag(spec)
     found = find_engine(engine)
     settings = settings if settings is not None else host_index_settings()
-    if found.image_size(base) is None:
-        logger.info("%s does not have %s yet; the build will pull it", found.name, base)
     base_image = ensure_base(found, base=base, settings=settings, no_cache=no_cache)
     with tempfile.TemporaryDirectory(prefix="ersilia-pack-image-") as folder:
         context = Path(folder)
