@@ -160,3 +160,22 @@ def test_the_batch_progress_says_computing_with_the_rows_done(
     assert result.returncode == 0, result.stderr
     assert "computing: 3/3 rows (100%)" in result.stderr
     assert "waiting for the job:" not in result.stderr
+
+
+def test_an_empty_row_gives_the_models_own_line_as_its_reason(
+    packed: Callable[..., Path],
+) -> None:
+    bundle = packed("says-why-empty")
+    # one request, one run: each empty row gets the line that names it, not the run's last
+    inputs = ["CCO", "a!b", "c!d", "?x", "N"]
+    with served(bundle, "--workers", "1") as url:
+        answer = httpx.post(f"{url}/run", params={"with_meta": "true"}, json=inputs)
+    assert answer.status_code == 200, answer.text
+    reasons = {item["index"]: item["reason"] for item in answer.json()["meta"]["failed"]}
+    assert reasons == {
+        1: "the model gave no values for this input: [12:00:00] SMILES Parse Error: "
+        "could not parse 'a!b' in main.py",
+        2: "the model gave no values for this input: [12:00:00] SMILES Parse Error: "
+        "could not parse 'c!d' in main.py",
+        3: "the model gave no values for this input: WARNING: an input was not a molecule",
+    }

@@ -340,4 +340,7 @@ def _timed_out(error: RunError) -> bool:
 
 
 def _outcomes(result: BatchResult) -> list[Outcome]:
-    return [Outcome(row, result.errors.get(i)) for i, row in enumerate(result.rows)]
+    return [
+        Outcome(row, result.errors.get(i), result.said.get(i, ""))
+        for i, row in enumerate(result.rows)
+    ]

@@ -35,6 +35,7 @@ from ersilia_pack.runtime.engine.processes import (
     guarded,
     reap,
 )
+from ersilia_pack.runtime.engine.reasons import empty_row_lines
 from ersilia_pack.runtime.engine.workspace import Workspace, WorkspacePool
 from ersilia_pack.runtime.inputs import InputError, write_csv
 
@@ -71,6 +72,9 @@ class BatchResult:
 
     rows: list[list[Any] | None]
     errors: dict[int, str] = field(default_factory=dict)
+    # for rows the model left empty in a run that succeeded: the line of its output that says
+    # why (see reasons.empty_row_lines)
+    said: dict[int, str] = field(default_factory=dict)
 
 
 class Runner(Protocol):
@@ -222,7 +226,8 @@ class _ColdExecutor:
     async def stop(self) -> None:
         return None
 
-    async def execute(self, workspace: Workspace, timeout: float) -> None:
+    async def execute(self, workspace: Workspace, timeout: float) -> str:
+        """Run the script; what it printed (stdout and stderr), or RunError."""
         command = [
             "bash",
             str(self.script),
@@ -257,6 +262,7 @@ class _ColdExecutor:
         if process.returncode != 0:
             raise RunFailed(f"{self.api.name} exited with code {process.returncode}", output.text())
         _log_output(self.api.name, output.text())
+        return output.text()
 
 
 class _OnAPool:
@@ -343,7 +349,8 @@ class _WarmExecutor(_OnAPool):
         """Warm processes replaced, and runs killed by a signal (each run is a process)."""
         return self.pool.replaced + self._killed
 
-    async def execute(self, workspace: Workspace, timeout: float) -> None:
+    async def execute(self, workspace: Workspace, timeout: float) -> str:
+        """Run the script in a warm process; what it printed, or RunError."""
         job = {
             "argv": [self.script, str(workspace.input_csv), str(workspace.output_csv)],
             "cwd": str(workspace.cwd),
@@ -359,6 +366,7 @@ class _WarmExecutor(_OnAPool):
         if code != 0:
             raise RunFailed(f"{self.api.name} exited with code {code}", text)
         _log_output(self.api.name, text)
+        return text
 
 
 class ScriptRunner:
@@ -427,11 +435,14 @@ class ScriptRunner:
             raise RunFailed("the server could not make a folder for the run") from error
         try:
             write_input_csv(workspace.input_csv, inputs)
-            await self.executor.execute(workspace, timeout)
+            printed = await self.executor.execute(workspace, timeout)
             header, rows = read_output_csv(workspace.output_csv, len(inputs))
         finally:
             self._workspaces.give(workspace)
-        return align(header, rows, self.api)
+        result = align(header, rows, self.api)
+        empty = [i for i, row in enumerate(result.rows) if row is None and i not in result.errors]
+        result.said = empty_row_lines(inputs, empty, printed)
+        return result
 
 
 class LoadOnceRunner(_OnAPool):

@@ -320,7 +320,7 @@ class ModelService:
         except RunError as error:
             raise _failure(api_name, error) from error
         errors = {
-            i: public_reason(outcome.error, outcome.stderr_tail) if outcome.error else NO_VALUES
+            i: public_reason(outcome.error or NO_VALUES, outcome.stderr_tail)
             for i, outcome in enumerate(outcomes)
             if outcome.error or outcome.row is None
         }
