@@ -103,7 +103,10 @@ def _expected(backend: str, line: str) -> list[str] | None:
         backend, VENV_PYTHON
     )
     if not backend.endswith("+pip") and line not in UV_RUNS_WITH_PIP:
-        return [UV, "pip", "install", "--python", python, *words[2:]]
+        # uv: a step's own --index-url is its --default-index, which UV_DEFAULT_INDEX (set
+        # by a mirror configuration) does not override
+        uv_words = ["--default-index" if w in ("--index-url", "-i") else w for w in words[2:]]
+        return [UV, "pip", "install", "--python", python, *uv_words]
     return [python, "-m", "pip", "install", *words[2:]]
 
 

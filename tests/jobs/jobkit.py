@@ -333,7 +333,8 @@ def check_result(server: Server, job_id: str, inputs: list[str], weights: list[f
 # Jobs of the sleepy fixture model (tests/fixtures/sleepy-model): each input waits a few
 # milliseconds, so replicas scale on two cores. Two workers give each replica one job lane.
 SLEEPY_CHUNK = 100
-SLEEPY_OPTIONS = ("--workers", "2")
+# The counter file records every computation: no start-up self-check adds the example's.
+SLEEPY_OPTIONS = ("--workers", "2", "--no-self-check")
 
 
 def sleepy_inputs(count: int) -> list[str]:

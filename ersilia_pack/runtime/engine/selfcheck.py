@@ -22,6 +22,7 @@ from ersilia_pack.runtime.bundle.columns import type_rows
 from ersilia_pack.runtime.bundle.examples import compare
 from ersilia_pack.runtime.bundle.manifest import ApiDefinition
 from ersilia_pack.runtime.engine.batcher import ApiEngine
+from ersilia_pack.runtime.engine.processes import RunTimeout
 from ersilia_pack.runtime.engine.reasons import public_reason
 from ersilia_pack.runtime.settings import ServeSettings
 
@@ -78,14 +79,23 @@ def safer_modes(api: ApiDefinition, settings: ServeSettings) -> list[ApiDefiniti
     return found
 
 
+class ExampleTimedOut(Exception):
+    """The example did not finish within the run timeout: nothing is known of its output."""
+
+
 async def example_problem(api: ApiDefinition, engine: ApiEngine, *, fixed: bool) -> str | None:
-    """None when the engine reproduces the API's example (Fixed) or its shape, else why not."""
+    """None when the engine reproduces the API's example (Fixed) or its shape, else why not;
+    ExampleTimedOut when it did not finish in time."""
     inputs = api.example_input
     try:
         outcomes = await engine.predict(inputs)
-    except Exception as error:  # a run error, a timeout: all the same here
+    except Exception as error:  # a run error, a timeout
         detail = getattr(error, "detail", None) or f"{type(error).__name__}: {error}"
+        if isinstance(error, RunTimeout) or getattr(error, "timed_out", False):
+            raise ExampleTimedOut(public_reason(detail)) from error
         return f"the example failed: {public_reason(detail, getattr(error, 'stderr_tail', ''))}"
+    if outcomes and all(outcome.timed_out for outcome in outcomes):
+        raise ExampleTimedOut(public_reason(outcomes[0].error or "it did not finish in time"))
     if len(outcomes) != len(inputs):
         return f"{len(outcomes)} rows for {len(inputs)} example inputs"
     problems = []
@@ -139,7 +149,15 @@ async def check_api(
     engine = current()
     while not engine.ready:  # a load that fails is retried by the engine; wait for it
         await asyncio.sleep(READY_POLL)
-    why = await example_problem(api, engine, fixed=fixed)
+    try:
+        why = await example_problem(api, engine, fixed=fixed)
+    except ExampleTimedOut as error:
+        # Slower than the run timeout: not evidence of wrong output. Served, unchecked.
+        check.seconds = time.monotonic() - began
+        check.state = SKIPPED
+        check.detail = f"not checked: the example did not finish in time ({error})"
+        logger.warning("%s: self-check %s", api.name, check.detail)
+        return
     tried = [f"{check.mode}: {why}"] if why else []
     for safer in safer_modes(api, settings) if why else []:
         mode = mode_of(safer, settings)
@@ -149,7 +167,10 @@ async def check_api(
             await candidate.stop()
             tried.append(f"{mode}: it did not load within {settings.timeout:g} s")
             continue
-        problem = await example_problem(safer, candidate, fixed=fixed)
+        try:
+            problem = await example_problem(safer, candidate, fixed=fixed)
+        except ExampleTimedOut as error:
+            problem = f"the example did not finish in time ({error})"
         if problem is None:
             logger.warning(
                 "%s did not reproduce its example when served %s (%s); it is served %s",

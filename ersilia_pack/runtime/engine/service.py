@@ -30,6 +30,7 @@ from ersilia_pack.runtime.engine.selfcheck import (
     FAILED,
     SKIPPED,
     ApiCheck,
+    ExampleTimedOut,
     check_api,
     example_problem,
     mode_of,
@@ -266,9 +267,13 @@ class ModelService:
             await engine.start()
             fixed = self.bundle.manifest.output_consistency.lower() == "fixed"
             ready = await wait_engine(engine, self.settings.timeout)
-            if not ready or (
-                api.example_input and await example_problem(cold, engine, fixed=fixed)
-            ):
+            try:
+                problem = (
+                    ready and api.example_input and await example_problem(cold, engine, fixed=fixed)
+                )
+            except ExampleTimedOut:
+                problem = "timed out"
+            if not ready or problem:
                 await engine.stop()
                 return None
             logger.warning(
