@@ -108,7 +108,8 @@ def example_inputs(framework: Path) -> list[str]:
 
 def expected_records(framework: Path) -> list[dict[str, Any]]:
     """``examples/run_output.csv`` as the client must receive it: one dict per row, keys in
-    ``run_columns.csv`` order, values typed per column, empty and ``nan`` as None."""
+    ``run_columns.csv`` order, values typed per column; an empty or ``nan`` number is None,
+    and a string is the string the model wrote, an empty one included."""
     columns = [(row[0], row[1]) for row in read_csv(framework / "columns" / "run_columns.csv")[1:]]
     header, *rows = read_csv(framework / "examples" / "run_output.csv")
     records = []
@@ -116,7 +117,9 @@ def expected_records(framework: Path) -> list[dict[str, Any]]:
         record: dict[str, Any] = {}
         for name, kind in columns:
             raw = row[header.index(name)]
-            if raw in ("", "nan"):
+            if kind == "string":
+                record[name] = raw
+            elif raw in ("", "nan"):
                 record[name] = None
             elif kind == "float":
                 record[name] = float(raw)
