@@ -24,8 +24,9 @@ NULL = {"length": None, "upper": None}
 
 
 def serve(bundle: Path, **settings: object) -> TestClient:
-    """The bundle's app, running its script cold: no warm-up run adds to the counter."""
-    return app_client(bundle, cold=True, **settings)
+    """The bundle's app, running its script cold and with no start-up self-check: no warm-up
+    or example run adds to the counter."""
+    return app_client(bundle, cold=True, **{"self_check": False, **settings})
 
 
 def test_a_repeated_request_is_answered_from_the_cache_and_the_model_does_not_run(

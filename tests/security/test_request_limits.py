@@ -28,7 +28,7 @@ def server(faults_repository: Path) -> Iterator[Server]:
     with serve(
         faults_repository,
         *("--max-body-bytes", str(MAX_BODY), "--max-input-length", str(MAX_LENGTH)),
-        *("--cors-origin", ORIGIN, "--workers", "1"),
+        *("--cors-origin", ORIGIN, "--workers", "1", "--no-self-check"),
         env={"ERSILIA_PACK_API_KEY": KEY, "ERSILIA_PACK_MAX_INPUTS": str(MAX_INPUTS)},
     ) as running:
         wait_ready(running.url)
