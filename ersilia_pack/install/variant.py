@@ -9,19 +9,16 @@ no such variant. ``default`` forces ``install.sh``; any other name forces
 from __future__ import annotations
 
 import platform
-import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from ersilia_pack import nvidia
 
 AUTO = "auto"
 DEFAULT = "default"
 GPU = "gpu"
 ARM = "arm"
 ARM_MACHINES = frozenset({"arm64", "aarch64"})
-_GPU_LINE = re.compile(r"^GPU \d+:")
-_NVIDIA_SMI_TIMEOUT = 30
 
 
 @dataclass(frozen=True)
@@ -44,26 +41,7 @@ class VariantChoice:
 def nvidia_gpu() -> str | None:
     """The first GPU ``nvidia-smi -L`` lists (``GPU 0: ...``); None without one, or when
     nvidia-smi is missing or fails."""
-    path = shutil.which("nvidia-smi")
-    if path is None:
-        return None
-    try:
-        done = subprocess.run(
-            [path, "-L"],
-            capture_output=True,
-            text=True,
-            timeout=_NVIDIA_SMI_TIMEOUT,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
-        return None
-    for line in done.stdout.splitlines():
-        if _GPU_LINE.match(line.strip()):
-            return line.strip()
-    return None
+    return next(iter(nvidia.gpu_lines()), None)
 
 
 def choose_variant(model_dir: Path, requested: str | None = None) -> VariantChoice:

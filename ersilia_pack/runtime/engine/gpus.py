@@ -9,30 +9,8 @@ at a time per GPU, so N CPU cores do not start N CUDA contexts.
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import subprocess
 
-_GPU_LINE = re.compile(r"^GPU (\d+):", re.MULTILINE)
-NVIDIA_SMI_TIMEOUT = 10.0
-
-
-def _nvidia_smi(*args: str) -> str | None:
-    path = shutil.which("nvidia-smi")
-    if path is None:
-        return None
-    try:
-        done = subprocess.run(
-            [path, *args],
-            capture_output=True,
-            text=True,
-            timeout=NVIDIA_SMI_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout if done.returncode == 0 else None
+from ersilia_pack import nvidia
 
 
 def visible_gpus() -> list[str]:
@@ -41,8 +19,7 @@ def visible_gpus() -> list[str]:
     given = os.environ.get("CUDA_VISIBLE_DEVICES")
     if given is not None:
         return [item.strip() for item in given.split(",") if item.strip() and item != "-1"]
-    listing = _nvidia_smi("-L")
-    return _GPU_LINE.findall(listing) if listing else []
+    return nvidia.gpu_indices()
 
 
 def gpu_slots(gpu_workers: int, gpus: int) -> int:
@@ -52,7 +29,9 @@ def gpu_slots(gpu_workers: int, gpus: int) -> int:
 
 def gpu_memory_by_pid() -> dict[int, int]:
     """Bytes of GPU memory each process holds, from ``nvidia-smi --query-compute-apps``."""
-    text = _nvidia_smi("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits")
+    text = nvidia.nvidia_smi(
+        "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"
+    )
     found: dict[int, int] = {}
     for line in (text or "").splitlines():
         parts = [part.strip() for part in line.split(",")]
