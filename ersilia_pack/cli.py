@@ -620,7 +620,8 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     "input_path",
     required=True,
     type=click.Path(path_type=Path, dir_okay=False),
-    help="a CSV with a header (inputs in its first column), or one input per line",
+    help="a CSV with a header (the input column chosen as the server chooses it: input, "
+    "smiles, text, ...), or one input per line",
 )
 @click.option(
     "-o",
