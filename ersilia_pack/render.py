@@ -28,10 +28,12 @@ from ersilia_pack.runtime.bundle.manifest import (
     Manifest,
     write_manifest,
 )
-from ersilia_pack.runtime.engine import framing
 from ersilia_pack.runtime.http.io import shape
 
 FRAMING_MODULE = "ersilia_framing.py"
+# The model-side programs, copied as they are (the same in every bundle), and their names in
+# app/: the frames keep a name of their own there, beside the model's modules.
+_MODEL_SIDE = {"worker.py": "worker.py", "warm.py": "warm.py", "framing.py": FRAMING_MODULE}
 
 _RESERVED = {
     "model_config",
@@ -299,10 +301,13 @@ def render_bundle(
     )
     app_dir = target / "app"
     app_dir.mkdir(exist_ok=True)
-    for name in ("__init__", "main", "schemas", "worker", "warm"):
+    for name in ("__init__", "main", "schemas"):
         _write_python(app_dir / f"{name}.py", render_template(f"app/{name}.py.j2", context))
-    # The frames both model processes speak, from the module the server reads them with.
-    shutil.copyfile(framing.__file__, app_dir / FRAMING_MODULE)
+    # The worker, the warm runner and their frames, as they are: the server reads the frames
+    # with the same module.
+    model_side = resources.files("ersilia_pack.model_side")
+    for source, name in _MODEL_SIDE.items():
+        (app_dir / name).write_bytes(model_side.joinpath(source).read_bytes())
     examples_dir = app_dir / "examples"
     examples_dir.mkdir(exist_ok=True)
     for api, api_context in zip(spec.apis, context.apis):

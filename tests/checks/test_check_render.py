@@ -3,6 +3,7 @@ Basic Multilingual Plane documents, and a render or import failure fails the pac
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from helpers import FIXTURES, ROOT, app_client, run_command, served
 
+from ersilia_pack import __version__
 from ersilia_pack.errors import RenderError
 from ersilia_pack.pack import pack
 from ersilia_pack.render import pyliteral
@@ -77,6 +79,29 @@ def test_the_rendered_app_of_odd_names_compiles_and_passes_the_linter(odd_bundle
         check=False,
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+@pytest.mark.parametrize("program", ["worker", "warm"])
+def test_the_model_side_programs_are_the_package_s_modules_naming_the_bundle_s_model(
+    odd_bundle: Path, program: str
+) -> None:
+    source = Path(importlib.import_module(f"ersilia_pack.model_side.{program}").__file__ or "")
+    assert (odd_bundle / "app" / f"{program}.py").read_bytes() == source.read_bytes()
+    assert (odd_bundle / "app" / "ersilia_framing.py").read_bytes() == (
+        source.parent / "framing.py"
+    ).read_bytes()
+
+    # Run as the server runs it (a script beside ersilia_framing.py), without its arguments,
+    # and without site-packages: the standard library is all it may need.
+    done = subprocess.run(
+        [sys.executable, "-S", odd_bundle / "app" / f"{program}.py"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert f"of odd-column-names (ersilia_pack {__version__})\nusage: {program}.py" in done.stderr
 
 
 def test_the_manifest_keeps_the_column_names(odd_bundle: Path) -> None:

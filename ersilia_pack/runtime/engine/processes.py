@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ersilia_pack.runtime.engine import framing
+from ersilia_pack.model_side import framing
 
 logger = logging.getLogger("ersilia_pack.runtime")
 

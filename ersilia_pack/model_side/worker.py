@@ -1,6 +1,8 @@
-"""Load-once worker of {{ model_id }}: import an API module, call load() once, answer batches.
+"""Load-once worker: import an API module, call load() once, answer batches.
 
-Rendered by ersilia_pack {{ version }}. It runs on the model environment's interpreter, which
+Copied into each bundle as ``app/worker.py``; the model it serves and the version of
+ersilia_pack that copied it are in the bundle's ``manifest.json``, beside ``app/``, which its
+usage line reads. It runs on the model environment's interpreter, which
 does not have ersilia_pack installed, so it uses the standard library and the frames of
 ersilia_framing.py beside it. It only reports: rows of a batch, or that the batch failed; what
 to do about a failure is the server's decision.
@@ -21,6 +23,9 @@ Two shapes, chosen by the server:
   answers one batch at a time, frames without ids.
 """
 
+# Annotations stay unevaluated: the model environment's interpreter may be as old as 3.7.
+from __future__ import annotations
+
 import contextlib
 import ctypes
 import gc
@@ -35,23 +40,52 @@ import sys
 import tempfile
 import threading
 import traceback
+import types
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
+from typing import IO, Any
 
-from ersilia_framing import (
-    FrameBuffer,
-    FrameError,
-    decode_body,
-    frame,
-    read_frame,
-    wrap_reply,
-    write_frame,
-)
+try:  # imported as ersilia_pack.model_side.worker: the linter, the type checker and the tests
+    from .framing import (
+        FrameBuffer,
+        FrameError,
+        decode_body,
+        frame,
+        read_frame,
+        wrap_reply,
+        write_frame,
+    )
+except ImportError:  # the bundle's copy, run as a script beside ersilia_framing.py
+    from ersilia_framing import (  # type: ignore[no-redef]
+        FrameBuffer,
+        FrameError,
+        decode_body,
+        frame,
+        read_frame,
+        wrap_reply,
+        write_frame,
+    )
+
+# The bundle's manifest, beside its app/ folder (this file is app/worker.py).
+MANIFEST = Path(__file__).resolve().parent.parent / "manifest.json"
+USAGE = "usage: worker.py SCRIPT CLASS [SLOTS_JSON]"
 
 CHUNK = 65536
 
 
-def find_class(module, name):
+def usage(manifest: Path = MANIFEST) -> str:
+    """The usage text, naming the model and the ersilia_pack that copied this file, as the
+    bundle's manifest says (the file is the same in every bundle)."""
+    try:
+        card = json.loads(manifest.read_text(encoding="utf-8"))
+        model = f"{card['model_id']} (ersilia_pack {card['ersilia_pack_version']})"
+    except (OSError, ValueError, LookupError, TypeError):
+        model = f"a bundle's model (no readable manifest at {manifest})"
+    return f"Load-once worker of {model}\n{USAGE}"
+
+
+def find_class(module: types.ModuleType, name: str) -> type:
     if name:
         return getattr(module, name)
     for candidate in vars(module).values():
@@ -65,10 +99,12 @@ def find_class(module, name):
     raise LookupError(f"{module.__file__} defines no class with load() and predict()")
 
 
-def load_model(script, class_name):
+def load_model(script: str, class_name: str) -> Any:
     path = Path(script).resolve()
     sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} cannot be imported as a module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module
     spec.loader.exec_module(module)
@@ -77,14 +113,14 @@ def load_model(script, class_name):
     return model
 
 
-def running_threads():
+def running_threads() -> list[str]:
     """Names of the threads other than the main one that are running now: after load(), a
     thread that may hold a lock when the slots are forked, which hangs a slot that needs it."""
     main = threading.main_thread()
     return [thread.name for thread in threading.enumerate() if thread is not main]
 
 
-def as_row(row):
+def as_row(row: Any) -> Any:
     """A row as JSON can carry it: lists and dicts as they are, arrays as lists."""
     if row is None or isinstance(row, (list, dict)):
         return row
@@ -95,7 +131,17 @@ def as_row(row):
     return row
 
 
-def hold_threads():
+def predict_batch(model: Any, message: dict[str, Any]) -> dict[str, Any]:
+    """The reply to one batch: its rows, or the end of the traceback of a predict() that
+    failed (what to do about it is the server's decision)."""
+    try:
+        rows = [as_row(row) for row in model.predict(list(message["inputs"]))]
+    except Exception:
+        return {"ok": False, "error": traceback.format_exc(limit=-3)}
+    return {"ok": True, "rows": rows}
+
+
+def hold_threads() -> None:
     """A forked child of a process that ran a torch operation hangs on its next multi-threaded
     one unless torch keeps to one thread."""
     torch = sys.modules.get("torch")
@@ -104,7 +150,7 @@ def hold_threads():
             torch.set_num_threads(1)
 
 
-def die_with_parent(parent):
+def die_with_parent(parent: int) -> None:
     """Be killed when the parent dies (Linux), so no slot outlives a parent killed with SIGKILL."""
     with contextlib.suppress(BaseException):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -112,7 +158,7 @@ def die_with_parent(parent):
         os._exit(1)
 
 
-def empty_folder(path):
+def empty_folder(path: str) -> None:
     """Remove what a killed child left in its TMPDIR before the next one uses it."""
     with contextlib.suppress(OSError):
         for entry in os.scandir(path):
@@ -123,7 +169,7 @@ def empty_folder(path):
                     os.unlink(entry.path)
 
 
-def serve_slot(model, slot, requests, replies):
+def serve_slot(model: Any, slot: dict[str, Any], requests: int, replies: int) -> None:
     """In a forked child: answer batches from `requests` on `replies` until the parent goes."""
     os.chdir(slot["cwd"])
     os.environ.update(slot.get("env") or {})
@@ -135,38 +181,40 @@ def serve_slot(model, slot, requests, replies):
         message = read_frame(incoming)
         if message is None:
             return
-        try:
-            rows = [as_row(row) for row in model.predict(list(message["inputs"]))]
-        except Exception:
-            write_frame(outgoing, {"ok": False, "error": traceback.format_exc(limit=-3)})
-            continue
-        write_frame(outgoing, {"ok": True, "rows": rows})
+        write_frame(outgoing, predict_batch(model, message))
 
 
 class Slot:
     """One forked child and the parent's ends of its pipes."""
 
-    def __init__(self, index, spec):
+    def __init__(self, index: int, spec: dict[str, Any]) -> None:
         self.index = index
         self.spec = spec
         self.pid = 0
         self.requests = -1
         self.replies = -1
         self.buffer = FrameBuffer()
-        self.job = None
+        self.job: Any = None
 
 
 class Parent:
     """The loaded model, its slots, and the relay between the server and them."""
 
-    def __init__(self, model, specs, channel, threads=()):
+    def __init__(
+        self,
+        model: Any,
+        specs: list[dict[str, Any]],
+        channel: IO[bytes],
+        threads: Iterable[str] = (),
+    ) -> None:
         self.model = model
         self.threads = list(threads)
         self.channel = channel
         self.slots = [Slot(index, spec) for index, spec in enumerate(specs)]
-        self.pending = deque()
+        # (the frame, its undecoded body) of batches no child holds yet
+        self.pending: deque[tuple[dict[str, Any], bytes]] = deque()
 
-    def fork(self, slot):
+    def fork(self, slot: Slot) -> None:
         request_read, request_write = os.pipe()
         reply_read, reply_write = os.pipe()
         parent = os.getpid()
@@ -202,13 +250,13 @@ class Parent:
         slot.buffer = FrameBuffer()
         slot.job = None
 
-    def send(self, payload):
+    def send(self, payload: dict[str, Any]) -> None:
         write_frame(self.channel, payload)
 
-    def announce(self):
+    def announce(self) -> None:
         self.send({"pids": [slot.pid for slot in self.slots]})
 
-    def retire(self, slot):
+    def retire(self, slot: Slot) -> int:
         """Kill a child's group, reap it, and fork a fresh one from the loaded model; its
         exit code."""
         with contextlib.suppress(OSError):
@@ -225,14 +273,14 @@ class Parent:
         self.announce()
         return status
 
-    def died(self, slot):
+    def died(self, slot: Slot) -> None:
         """A child ended by itself; the batch it held (if any) fails, the server counts it."""
         job = slot.job
         status = self.retire(slot)
         reply = {"died": True, "code": status}
         self.send(reply if job is None else {**reply, "id": job})
 
-    def cancel(self, job):
+    def cancel(self, job: Any) -> None:
         self.pending = deque(item for item in self.pending if item[0].get("id") != job)
         replaced = False
         for slot in self.slots:
@@ -241,7 +289,7 @@ class Parent:
                 replaced = True
         self.send({"cancelled": job, "replaced": replaced})
 
-    def dispatch(self):
+    def dispatch(self) -> None:
         for slot in self.slots:
             if not self.pending:
                 return
@@ -255,7 +303,7 @@ class Parent:
             except OSError:
                 self.died(slot)
 
-    def answer(self, slot):
+    def answer(self, slot: Slot) -> None:
         try:
             data = os.read(slot.replies, CHUNK)
         except OSError:
@@ -274,14 +322,14 @@ class Parent:
             self.channel.write(wrap_reply(job, reply))
             self.channel.flush()
 
-    def stop(self):
+    def stop(self) -> None:
         for slot in self.slots:
             with contextlib.suppress(OSError):
                 os.killpg(slot.pid, signal.SIGKILL)
         for slot in self.slots:
             wait_for(slot.pid)
 
-    def run(self):
+    def run(self) -> int:
         for slot in self.slots:
             self.fork(slot)
         pids = [slot.pid for slot in self.slots]
@@ -309,14 +357,14 @@ class Parent:
             self.dispatch()
 
 
-def write_fd(fd, data):
+def write_fd(fd: int, data: bytes) -> None:
     """Bytes written whole to a pipe's file descriptor."""
-    data = memoryview(data)
-    while data:
-        data = data[os.write(fd, data) :]
+    left = memoryview(data)
+    while left:
+        left = left[os.write(fd, left) :]
 
 
-def wait_for(pid):
+def wait_for(pid: int) -> int:
     """Wait for one child; its exit code (negative for a signal)."""
     try:
         _, raw = os.waitpid(pid, 0)
@@ -327,7 +375,7 @@ def wait_for(pid):
     return os.WEXITSTATUS(raw)
 
 
-def forked_main(script, class_name, specs):
+def forked_main(script: str, class_name: str, specs: list[dict[str, Any]]) -> int:
     # The protocol owns the real stdout; whatever the model prints goes to stderr.
     channel = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
@@ -347,7 +395,10 @@ def forked_main(script, class_name, specs):
     return Parent(model, specs, channel, threads).run()
 
 
-def main():
+def main() -> int:
+    if len(sys.argv) < 3 or sys.argv[1] in ("-h", "--help"):
+        print(usage(), file=sys.stderr)
+        return 2
     script, class_name = sys.argv[1], sys.argv[2]
     if len(sys.argv) > 3:
         return forked_main(script, class_name, json.loads(sys.argv[3]))
@@ -366,12 +417,7 @@ def main():
         message = read_frame(requests)
         if message is None:
             return 0
-        try:
-            rows = [as_row(row) for row in model.predict(list(message["inputs"]))]
-        except Exception:
-            write_frame(channel, {"ok": False, "error": traceback.format_exc(limit=-3)})
-            continue
-        write_frame(channel, {"ok": True, "rows": rows})
+        write_frame(channel, predict_batch(model, message))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Warm runner of {{ model_id }}: pre-import a legacy script's imports, then fork one run per job.
+"""Warm runner: pre-import a legacy script's imports, then fork one run per job.
 
-Rendered by ersilia_pack {{ version }}. For an API whose script is `python <script>.py $2 $3`,
+Copied into each bundle as ``app/warm.py``; the model it serves and the version of ersilia_pack
+that copied it are in the bundle's ``manifest.json``, beside ``app/``, which its usage line
+reads. For an API whose script is `python <script>.py $2 $3`,
 this process imports the script's top-level imports once and keeps one child forked ahead;
 each job is handed to that child, which runs the script as __main__ with the job's argv, so a
 run costs no interpreter start and no imports. Every run, and the warm-up run, happens in a
@@ -22,6 +24,9 @@ Two shapes, chosen by the server:
   such process per slot.
 """
 
+# Annotations stay unevaluated: the model environment's interpreter may be as old as 3.7.
+from __future__ import annotations
+
 import ast
 import contextlib
 import ctypes
@@ -37,16 +42,36 @@ import tempfile
 import traceback
 import types
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
+from typing import IO, Any, NoReturn
 
-from ersilia_framing import FrameBuffer, read_frame, write_frame
+try:  # imported as ersilia_pack.model_side.warm: the linter, the type checker and the tests
+    from .framing import FrameBuffer, read_frame, write_frame
+except ImportError:  # the bundle's copy, run as a script beside ersilia_framing.py
+    from ersilia_framing import FrameBuffer, read_frame, write_frame  # type: ignore[no-redef]
+
+# The bundle's manifest, beside its app/ folder (this file is app/warm.py).
+MANIFEST = Path(__file__).resolve().parent.parent / "manifest.json"
+USAGE = "usage: warm.py SCRIPT [--forked SLOTS | --in-process] [WARM-UP ARGS]"
 
 
-def top_level_imports(script):
+def usage(manifest: Path = MANIFEST) -> str:
+    """The usage text, naming the model and the ersilia_pack that copied this file, as the
+    bundle's manifest says (the file is the same in every bundle)."""
+    try:
+        card = json.loads(manifest.read_text(encoding="utf-8"))
+        model = f"{card['model_id']} (ersilia_pack {card['ersilia_pack_version']})"
+    except (OSError, ValueError, LookupError, TypeError):
+        model = f"a bundle's model (no readable manifest at {manifest})"
+    return f"Warm runner of {model}\n{USAGE}"
+
+
+def top_level_imports(script: str) -> list[str]:
     """Module names the script imports at its top level (including inside try blocks)."""
     tree = ast.parse(Path(script).read_text(encoding="utf-8", errors="replace"))
-    names = []
-    nodes = list(tree.body)
+    names: list[str] = []
+    nodes: list[ast.stmt] = list(tree.body)
     while nodes:
         node = nodes.pop(0)
         if isinstance(node, ast.Import):
@@ -59,7 +84,7 @@ def top_level_imports(script):
     return names
 
 
-def preload(script):
+def preload(script: str) -> list[str]:
     """Import what the script imports; anything that fails is left for the run to import."""
     loaded = []
     for name in top_level_imports(script):
@@ -70,7 +95,7 @@ def preload(script):
     return loaded
 
 
-def execute(code, script, argv, cwd):
+def execute(code: types.CodeType, script: str, argv: list[str], cwd: str) -> int:
     """Run the compiled script as __main__ with argv in cwd; its exit code."""
     os.chdir(cwd)
     sys.argv = list(argv)
@@ -79,7 +104,7 @@ def execute(code, script, argv, cwd):
     # reference (a function it hands to a multiprocessing pool) is found there again.
     main = types.ModuleType("__main__")
     main.__file__ = script
-    main.__builtins__ = __builtins__
+    main.__dict__["__builtins__"] = __builtins__
     sys.modules["__main__"] = main
     try:
         exec(code, main.__dict__)
@@ -96,7 +121,7 @@ def execute(code, script, argv, cwd):
     return 0
 
 
-def hold_threads():
+def hold_threads() -> None:
     """Numeric libraries imported before the fork keep to one thread in the child: a forked
     child of a process that ran a torch operation hangs on its next multi-threaded one."""
     torch = sys.modules.get("torch")
@@ -105,13 +130,13 @@ def hold_threads():
             torch.set_num_threads(1)
 
 
-def enter_workspace(job):
+def enter_workspace(job: dict[str, Any]) -> None:
     """The job's own TMPDIR (and forget the one the warm process found)."""
     os.environ.update(job.get("env") or {})
     tempfile.tempdir = None
 
 
-def run_job(job, code, done):
+def run_job(job: dict[str, Any], code: types.CodeType, done: int) -> NoReturn:
     """In a forked child: run the job, report its exit code on `done`, exit; never returns."""
     status = 1
     try:
@@ -132,14 +157,14 @@ def run_job(job, code, done):
     os._exit(status)
 
 
-def exit_code(status):
+def exit_code(status: int) -> int:
     """A waitpid status as an exit code (negative for a signal), as on Python 3.9+."""
     if os.WIFSIGNALED(status):
         return -os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
 
 
-def read_exact(fd, size):
+def read_exact(fd: int, size: int) -> bytes:
     data = b""
     while len(data) < size:
         chunk = os.read(fd, size - len(data))
@@ -149,8 +174,8 @@ def read_exact(fd, size):
     return data
 
 
-def read_all(fd):
-    chunks = []
+def read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
     while True:
         chunk = os.read(fd, 65536)
         if not chunk:
@@ -158,7 +183,7 @@ def read_all(fd):
         chunks.append(chunk)
 
 
-def die_with_parent(parent):
+def die_with_parent(parent: int) -> None:
     """Be killed when the parent dies (Linux), so no run outlives a parent killed with SIGKILL."""
     with contextlib.suppress(BaseException):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -166,7 +191,12 @@ def die_with_parent(parent):
         os._exit(1)
 
 
-def fork_spare(channel, code, group=False, inherited=()):
+def fork_spare(
+    channel: IO[bytes],
+    code: types.CodeType,
+    group: bool = False,
+    inherited: Iterable[int] = (),
+) -> tuple[int, int, int]:
     """Fork a child that waits on a pipe for its job, so the fork is off the request's path.
 
     Returns the child's pid, the pipe to send its job on, and the pipe it reports its exit
@@ -202,7 +232,7 @@ def fork_spare(channel, code, group=False, inherited=()):
     return pid, job_write, done_read
 
 
-def run_here(job, code):
+def run_here(job: dict[str, Any], code: types.CodeType) -> int:
     """Run a job in this process (``--in-process``): its TMPDIR, working directory and log,
     then everything put back for the next job; its exit code."""
     saved_env = dict(os.environ)
@@ -233,7 +263,7 @@ def run_here(job, code):
             sys.modules["__main__"] = saved_main
 
 
-def warm_up(code, script, argv, cwd):
+def warm_up(code: types.CodeType, script: str, argv: list[str], cwd: str) -> int:
     """Run the script once in this process so lazy imports and caches are loaded before forking."""
     here, saved_argv, saved_path = os.getcwd(), list(sys.argv), sys.path[0]
     try:
@@ -249,25 +279,25 @@ class Runs:
     """Several jobs at once, each in a forked child of its own group, with up to ``ahead``
     children forked ahead so jobs that arrive together wait for no fork."""
 
-    def __init__(self, channel, code, ahead):
+    def __init__(self, channel: IO[bytes], code: types.CodeType, ahead: int) -> None:
         self.channel = channel
         self.code = code
         self.ahead = max(1, ahead)
-        self.running = {}  # the pipe a child reports on -> (job id, pid)
-        self.spares = deque()  # (pid, job pipe, report pipe) of children waiting for a job
+        # the pipe a child reports on -> (job id, pid)
+        self.running: dict[int, tuple[Any, int]] = {}
+        # (pid, job pipe, report pipe) of children waiting for a job
+        self.spares: deque[tuple[int, int, int]] = deque()
 
-    def pipes(self):
+    def pipes(self) -> list[int]:
         held = list(self.running)
         for _, job_pipe, done_pipe in self.spares:
             held += [job_pipe, done_pipe]
         return held
 
-    def fork_one(self):
-        self.spares.append(
-            fork_spare(self.channel, self.code, group=True, inherited=self.pipes())
-        )
+    def fork_one(self) -> None:
+        self.spares.append(fork_spare(self.channel, self.code, group=True, inherited=self.pipes()))
 
-    def refill(self):
+    def refill(self) -> None:
         """Fork children ahead up to ``ahead``, and say so before any of them gets a job."""
         if len(self.spares) >= self.ahead:
             return
@@ -275,12 +305,12 @@ class Runs:
             self.fork_one()
         self.announce()
 
-    def announce(self):
+    def announce(self) -> None:
         pids = [pid for _, pid in self.running.values()]
         pids += [pid for pid, _, _ in self.spares]
         write_frame(self.channel, {"pids": pids})
 
-    def start(self, job):
+    def start(self, job: dict[str, Any]) -> None:
         if not self.spares:
             self.fork_one()
             self.announce()
@@ -291,7 +321,7 @@ class Runs:
             os.write(job_pipe, json.dumps(job).encode())
         os.close(job_pipe)
 
-    def finish(self, done_pipe):
+    def finish(self, done_pipe: int) -> None:
         job, pid = self.running.pop(done_pipe)
         report = read_exact(done_pipe, 4)
         os.close(done_pipe)
@@ -304,7 +334,7 @@ class Runs:
         write_frame(self.channel, {"id": job, "ok": True, "code": status})
         reap_finished()
 
-    def cancel(self, job):
+    def cancel(self, job: Any) -> None:
         replaced = False
         for done_pipe, (running, pid) in list(self.running.items()):
             if running == job:
@@ -317,7 +347,7 @@ class Runs:
         write_frame(self.channel, {"cancelled": job, "replaced": replaced})
         self.announce()
 
-    def stop(self):
+    def stop(self) -> None:
         pids = [pid for _, pid in self.running.values()]
         for pid, job_pipe, _ in self.spares:
             os.close(job_pipe)
@@ -327,7 +357,7 @@ class Runs:
                 os.killpg(pid, signal.SIGKILL)
             wait_for(pid)
 
-    def serve(self, hello):
+    def serve(self, hello: dict[str, Any]) -> int:
         while len(self.spares) < self.ahead:
             self.fork_one()
         write_frame(self.channel, {**hello, "pids": [pid for pid, _, _ in self.spares]})
@@ -355,7 +385,10 @@ class Runs:
             self.refill()
 
 
-def main():
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(usage(), file=sys.stderr)
+        return 2
     script = sys.argv[1]
     forked = sys.argv[2:3] == ["--forked"]
     in_process = sys.argv[2:3] == ["--in-process"]
@@ -412,7 +445,7 @@ def main():
         reap_finished()
 
 
-def wait_for(pid):
+def wait_for(pid: int) -> int:
     """Wait for one child; its exit code (or -9 if it was already reaped as finished)."""
     try:
         _, raw = os.waitpid(pid, 0)
@@ -421,7 +454,7 @@ def wait_for(pid):
     return exit_code(raw)
 
 
-def reap_finished():
+def reap_finished() -> None:
     """Collect children that have exited, without waiting for those still tearing down."""
     while True:
         try:
