@@ -247,8 +247,10 @@ def test_serving_on_a_taken_port_exits_4(packed: Callable[..., Path]) -> None:
         )
 
     assert result.returncode == 4
-    assert "address already in use" in result.stderr
-    assert f"error: stdlib-simple could not be served on 127.0.0.1:{port}" in result.stderr
+    assert (
+        f"error: stdlib-simple could not be served: port {port} on 127.0.0.1 is taken by "
+        "another program; choose another with --port, or --port 0 for a free one"
+    ) in result.stderr
     assert "Traceback" not in result.stderr
 
 
