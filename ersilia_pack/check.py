@@ -411,8 +411,8 @@ def check_examples(bundle_dir: Path, *, timeout: float = 600.0) -> CheckReport:
                     why = _warm_agrees(client, api, cold[api.name], limit)
                     report.warm[api.name] = why is None
                     _note_gpu(report, api, why)
-                    if why:
-                        logger.info("%s runs cold: %s", api.name, why)
+                    if why:  # warm runs without forking are tried next
+                        logger.info("%s cannot run warm in forked children: %s", api.name, why)
                     else:
                         logger.info("%s runs warm: its warm run matches the cold run", api.name)
         refused = [api for api in candidates if not report.warm.get(api.name)]

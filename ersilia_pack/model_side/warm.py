@@ -46,9 +46,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-try:  # imported as ersilia_pack.model_side.warm: the linter, the type checker and the tests
+if __package__:  # imported as ersilia_pack.model_side.warm: the linter, type checker, tests
     from .framing import FrameBuffer, read_frame, write_frame
-except ImportError:  # the bundle's copy, run as a script beside ersilia_framing.py
+else:  # the bundle's copy, run as a script beside ersilia_framing.py
     from ersilia_framing import FrameBuffer, read_frame, write_frame  # type: ignore[no-redef]
 
 # The bundle's manifest, beside its app/ folder (this file is app/warm.py).

@@ -46,7 +46,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-try:  # imported as ersilia_pack.model_side.worker: the linter, the type checker and the tests
+if __package__:  # imported as ersilia_pack.model_side.worker: the linter, type checker, tests
     from .framing import (
         FrameBuffer,
         FrameError,
@@ -56,7 +56,7 @@ try:  # imported as ersilia_pack.model_side.worker: the linter, the type checker
         wrap_reply,
         write_frame,
     )
-except ImportError:  # the bundle's copy, run as a script beside ersilia_framing.py
+else:  # the bundle's copy, run as a script beside ersilia_framing.py
     from ersilia_framing import (  # type: ignore[no-redef]
         FrameBuffer,
         FrameError,

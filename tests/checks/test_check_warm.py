@@ -60,7 +60,8 @@ def test_a_warm_run_off_by_one_part_in_a_billion_runs_cold(
     api = load_bundle(bundle).apis["run"]
     assert api.warm_script == "code/main.py"
     assert api.warm is False
-    assert "run runs cold: its warm run differs from the cold run" in caplog.text
+    assert "run cannot run warm in forked children: its warm run differs" in caplog.text
+    assert "run runs cold: its in-process warm run differs from the cold run" in caplog.text
     with app_client(bundle) as client:  # served cold: exactly the cold answer
         assert client.post("/run", json=["x"]).json() == [{"value": 1.0}]
 
@@ -77,7 +78,8 @@ def test_a_warm_run_that_hangs_falls_back_to_cold_with_the_reason(
     # Ten times the cold run, at least 2 s here: the warm runner's warm-up (which runs the
     # script) or its run, whichever hangs, is given up on within that time.
     reason = re.search(
-        r"run runs cold: its warm run (did not finish|failed \(.*) within (\d+) s", caplog.text
+        r"run runs cold: its in-process warm run (did not finish|failed \(.*) within (\d+) s",
+        caplog.text,
     )
     assert reason is not None, caplog.text
     assert int(reason.group(2)) >= 2
