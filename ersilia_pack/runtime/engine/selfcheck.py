@@ -133,6 +133,33 @@ async def wait_ready(engine: ApiEngine, within: float) -> bool:
     return True
 
 
+async def try_mode(
+    api: ApiDefinition,
+    settings: ServeSettings,
+    make_engine: Callable[[ApiDefinition], ApiEngine],
+    *,
+    fixed: bool,
+) -> tuple[ApiEngine | None, str]:
+    """Start an engine serving ``api`` as it says (a safer mode) and run its example: the
+    engine when it loads and reproduces the example (an API without one only has to load),
+    else None and why not (the engine is stopped)."""
+    candidate = make_engine(api)
+    await candidate.start()
+    if not await wait_ready(candidate, settings.timeout):
+        problem: str | None = f"it did not load within {settings.timeout:g} s"
+    elif not api.example_input:
+        problem = None
+    else:
+        try:
+            problem = await example_problem(api, candidate, fixed=fixed)
+        except ExampleTimedOut as error:
+            problem = f"the example did not finish in time ({error})"
+    if problem is None:
+        return candidate, ""
+    await candidate.stop()
+    return None, problem
+
+
 async def check_api(
     api: ApiDefinition,
     settings: ServeSettings,
@@ -161,17 +188,8 @@ async def check_api(
     tried = [f"{check.mode}: {why}"] if why else []
     for safer in safer_modes(api, settings) if why else []:
         mode = mode_of(safer, settings)
-        candidate = make_engine(safer)
-        await candidate.start()
-        if not await wait_ready(candidate, settings.timeout):
-            await candidate.stop()
-            tried.append(f"{mode}: it did not load within {settings.timeout:g} s")
-            continue
-        try:
-            problem = await example_problem(safer, candidate, fixed=fixed)
-        except ExampleTimedOut as error:
-            problem = f"the example did not finish in time ({error})"
-        if problem is None:
+        candidate, problem = await try_mode(safer, settings, make_engine, fixed=fixed)
+        if candidate is not None:
             logger.warning(
                 "%s did not reproduce its example when served %s (%s); it is served %s",
                 api.name,
@@ -183,7 +201,6 @@ async def check_api(
             check.mode = mode
             why = None
             break
-        await candidate.stop()
         tried.append(f"{mode}: {problem}")
     check.seconds = time.monotonic() - began
     if why is None:

@@ -30,12 +30,10 @@ from ersilia_pack.runtime.engine.selfcheck import (
     FAILED,
     SKIPPED,
     ApiCheck,
-    ExampleTimedOut,
     check_api,
-    example_problem,
     mode_of,
+    try_mode,
 )
-from ersilia_pack.runtime.engine.selfcheck import wait_ready as wait_engine
 from ersilia_pack.runtime.settings import ServeSettings
 from ersilia_pack.runtime.state.cache import ResultCache, output_varies
 
@@ -144,6 +142,8 @@ class ModelService:
         # never handed to another input, or to another request.
         dedupe = not output_varies(bundle)
         self._dedupe = dedupe
+        # whether the self-check compares values with the example output, or only its shape
+        self._fixed = bundle.manifest.output_consistency.lower() == "fixed"
         # the GPUs processes may use, looked up once, where an API runs on a GPU
         on_gpu = any(api.gpu for api in bundle.manifest.apis)
         self.gpus: list[str] = gpus.visible_gpus() if on_gpu else []
@@ -226,7 +226,6 @@ class ModelService:
             logger.info("removed %d run folders that stopped servers left behind", swept)
         for engine in self.engines.values():
             await engine.start()
-        fixed = self.bundle.manifest.output_consistency.lower() == "fixed"
         for api in self.bundle.manifest.apis:
             check = self.checks[api.name]
             if not self.settings.self_check or not api.example_input:
@@ -237,7 +236,7 @@ class ModelService:
                     api,
                     self.settings,
                     check,
-                    fixed=fixed,
+                    fixed=self._fixed,
                     current=functools.partial(self.engines.__getitem__, api.name),
                     make_engine=self.make_engine,
                     replace=functools.partial(self._replace_engine, api.name),
@@ -263,18 +262,8 @@ class ModelService:
             if mode_of(api, self.settings) != self.checks[api.name].mode:
                 return self.engines[api.name]
             cold = api.model_copy(update={"warm": False})
-            engine = self.make_engine(cold)
-            await engine.start()
-            fixed = self.bundle.manifest.output_consistency.lower() == "fixed"
-            ready = await wait_engine(engine, self.settings.timeout)
-            try:
-                problem = (
-                    ready and api.example_input and await example_problem(cold, engine, fixed=fixed)
-                )
-            except ExampleTimedOut:
-                problem = "timed out"
-            if not ready or problem:
-                await engine.stop()
+            engine, _ = await try_mode(cold, self.settings, self.make_engine, fixed=self._fixed)
+            if engine is None:
                 return None
             logger.warning(
                 "%s: a warm run failed where a cold run works; it is served cold from now on",
