@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 from typing import IO, Any
 
 HEADER = struct.Struct(">I")
@@ -109,3 +110,14 @@ def wrap_reply(call_id: Any, body: bytes) -> bytes:
     """A frame carrying another process's reply (a JSON body, passed on undecoded) under the
     id of the call it answers: ``{"id": ..., "reply": {...}}``."""
     return frame(b'{"id":' + json.dumps(call_id).encode() + b',"reply":' + body + b"}")
+
+
+def bundle_usage(program: str, usage: str, manifest: Path) -> str:
+    """A model-side program's usage text, naming the model and the ersilia_pack that copied
+    it, as the bundle's manifest says (the program is the same file in every bundle)."""
+    try:
+        card = json.loads(manifest.read_text(encoding="utf-8"))
+        model = f"{card['model_id']} (ersilia_pack {card['ersilia_pack_version']})"
+    except (OSError, ValueError, LookupError, TypeError):
+        model = f"a bundle's model (no readable manifest at {manifest})"
+    return f"{program} of {model}\n{usage}"

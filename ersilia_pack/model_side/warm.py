@@ -47,9 +47,14 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 if __package__:  # imported as ersilia_pack.model_side.warm: the linter, type checker, tests
-    from .framing import FrameBuffer, read_frame, write_frame
+    from .framing import FrameBuffer, bundle_usage, read_frame, write_frame
 else:  # the bundle's copy, run as a script beside ersilia_framing.py
-    from ersilia_framing import FrameBuffer, read_frame, write_frame  # type: ignore[no-redef]
+    from ersilia_framing import (  # type: ignore[no-redef]
+        FrameBuffer,
+        bundle_usage,
+        read_frame,
+        write_frame,
+    )
 
 # The bundle's manifest, beside its app/ folder (this file is app/warm.py).
 MANIFEST = Path(__file__).resolve().parent.parent / "manifest.json"
@@ -57,14 +62,8 @@ USAGE = "usage: warm.py SCRIPT [--forked SLOTS | --in-process] [WARM-UP ARGS]"
 
 
 def usage(manifest: Path = MANIFEST) -> str:
-    """The usage text, naming the model and the ersilia_pack that copied this file, as the
-    bundle's manifest says (the file is the same in every bundle)."""
-    try:
-        card = json.loads(manifest.read_text(encoding="utf-8"))
-        model = f"{card['model_id']} (ersilia_pack {card['ersilia_pack_version']})"
-    except (OSError, ValueError, LookupError, TypeError):
-        model = f"a bundle's model (no readable manifest at {manifest})"
-    return f"Warm runner of {model}\n{USAGE}"
+    """The usage text, naming the model this bundle serves."""
+    return bundle_usage("Warm runner", USAGE, manifest)
 
 
 def top_level_imports(script: str) -> list[str]:

@@ -50,6 +50,7 @@ if __package__:  # imported as ersilia_pack.model_side.worker: the linter, type 
     from .framing import (
         FrameBuffer,
         FrameError,
+        bundle_usage,
         decode_body,
         frame,
         read_frame,
@@ -60,6 +61,7 @@ else:  # the bundle's copy, run as a script beside ersilia_framing.py
     from ersilia_framing import (  # type: ignore[no-redef]
         FrameBuffer,
         FrameError,
+        bundle_usage,
         decode_body,
         frame,
         read_frame,
@@ -75,14 +77,8 @@ CHUNK = 65536
 
 
 def usage(manifest: Path = MANIFEST) -> str:
-    """The usage text, naming the model and the ersilia_pack that copied this file, as the
-    bundle's manifest says (the file is the same in every bundle)."""
-    try:
-        card = json.loads(manifest.read_text(encoding="utf-8"))
-        model = f"{card['model_id']} (ersilia_pack {card['ersilia_pack_version']})"
-    except (OSError, ValueError, LookupError, TypeError):
-        model = f"a bundle's model (no readable manifest at {manifest})"
-    return f"Load-once worker of {model}\n{USAGE}"
+    """The usage text, naming the model this bundle serves."""
+    return bundle_usage("Load-once worker", USAGE, manifest)
 
 
 def find_class(module: types.ModuleType, name: str) -> type:
