@@ -4,7 +4,8 @@
 # (the legacy run.sh API and the load-once predict.py API) and compare every row with the
 # network computed directly; print one-input p50 (warm and, for the legacy API, cold), the
 # throughput of 2,000 inputs, the CUDA processes and the GPU memory they hold
-# (nvidia-smi --query-compute-apps). Needs ersilia-pack installed beside torch.
+# (nvidia-smi --query-compute-apps), and the legacy script run by hand on one input (the raw
+# script). Needs ersilia-pack installed beside torch.
 #
 #   bash bench/gpu_check.sh [OUT_DIR]
 #
@@ -62,6 +63,21 @@ def p50(url, api, n=30):
             times.append(time.perf_counter() - began)
     return statistics.median(times) * 1000
 
+def raw_script_ms(n=5):
+    """The legacy script run by hand on one input, as its authors would: python main.py in out."""
+    framework = repository.parent.parent.parent / "torch-net-cuda" / "model" / "framework"
+    times = []
+    for k in range(n):
+        tmp = Path(out) / "raw"
+        tmp.mkdir(exist_ok=True)
+        (tmp / "in.csv").write_text("smiles\n" + pool[k] + "\n")
+        began = time.perf_counter()
+        subprocess.run([sys.executable, str(framework / "code" / "main.py"), str(tmp / "in.csv"), str(tmp / "out.csv")], check=True, capture_output=True)
+        times.append(time.perf_counter() - began)
+    return statistics.median(times) * 1000
+
+report["raw_script_one_input_ms"] = round(raw_script_ms(), 1)
+
 for mode in ([], ["--cold"]):
     with served(repository, "--cache-size", "0", *mode, startup_timeout=600) as url:
         while httpx.get(f"{url}/readyz", timeout=60).status_code != 200:
@@ -91,6 +107,8 @@ for mode in ([], ["--cold"]):
         figures["gpu_memory_mib"] = sum(int(r[1]) for r in rows)
 if "served" in report and "cold" in report:
     report["legacy_cold_over_warm"] = round(report["cold"]["run_p50_ms"] / report["served"]["run_p50_ms"], 1)
+if "served" in report:
+    report["raw_script_over_served_warm"] = round(report["raw_script_one_input_ms"] / report["served"]["run_p50_ms"], 1)
 text = json.dumps(report, indent=1)
 print(text)
 (out / "gpu_check.json").write_text(text)
