@@ -1,0 +1,1 @@
+"""The command families behind the console scripts that ``ersilia_pack.cli`` names."""
