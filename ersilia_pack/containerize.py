@@ -16,7 +16,6 @@ import collections
 import configparser
 import hashlib
 import importlib.metadata
-import json
 import logging
 import os
 import shutil
@@ -26,13 +25,11 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-import jinja2
 from pydantic import BaseModel
 
-from ersilia_pack import __version__
+from ersilia_pack import __version__, templating
 from ersilia_pack.errors import ErsiliaPackError, InstallError
 from ersilia_pack.install.variant import GPU
 from ersilia_pack.model_dir import ModelSpec, read_model_dir
@@ -89,25 +86,9 @@ class BuildError(InstallError):
 # Templates
 
 
-def _load_template(name: str) -> str:
-    return resources.files("ersilia_pack.templates").joinpath(name).read_text(encoding="utf-8")
-
-
 def render_file(name: str, context: BaseModel) -> str:
     """Render ``templates/<name>`` with the context's fields; a missing name fails the render."""
-    env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(_load_template),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    env.filters["json"] = json.dumps
-    try:
-        return env.get_template(name).render(**dict(context))
-    except jinja2.TemplateError as error:
-        raise ContainerError(f"template {name} failed to render: {error}") from error
+    return templating.render(name, dict(context), error=ContainerError)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,10 +430,8 @@ def tree_digest(root: Path) -> str:
 def _base_context(target: Path) -> tuple[str, str]:
     """Put what Dockerfile.base installs into ``target``: the source checkout this package runs
     from, else a wheel of the installed package. A digest of it, and what pip installs there."""
-    dockerfile = (
-        resources.files("ersilia_pack.templates").joinpath("container").joinpath(DOCKERFILE_BASE)
-    )
-    (target / DOCKERFILE_BASE).write_text(dockerfile.read_text(encoding="utf-8"), "utf-8")
+    dockerfile = templating.read(f"container/{DOCKERFILE_BASE}")
+    (target / DOCKERFILE_BASE).write_text(dockerfile, "utf-8")
     root = source_root()
     if root is not None:
         for name in _CHECKOUT_FILES:

@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
-from ersilia_pack.containerize import SERVE_UID, ContainerError, render_file
+from ersilia_pack import templating
+from ersilia_pack.containerize import SERVE_UID, ContainerError
 from ersilia_pack.errors import ErsiliaPackError
 from ersilia_pack.model_dir import ModelSpec
 from ersilia_pack.runtime.state.redis_store import GROUP
@@ -313,7 +314,10 @@ def manifest_names(options: KubeOptions) -> list[str]:
 def render_manifests(spec: ModelSpec, options: KubeOptions) -> dict[str, str]:
     """``{file name: YAML}`` for the Deployment, Service, autoscaler and Redis."""
     context = kube_context(spec, options)
-    return {name: render_file(f"kube/{name}.j2", context) for name in manifest_names(options)}
+    return {
+        name: templating.render(f"kube/{name}.j2", dict(context), error=ContainerError)
+        for name in manifest_names(options)
+    }
 
 
 def write_manifests(spec: ModelSpec, out_dir: Path, options: KubeOptions) -> list[Path]:

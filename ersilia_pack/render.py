@@ -6,17 +6,15 @@ import json
 import keyword
 import re
 import shutil
-import textwrap
 import unicodedata
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from pydantic import BaseModel
 
-from ersilia_pack import __version__
+from ersilia_pack import __version__, templating
 from ersilia_pack.errors import RenderError
 from ersilia_pack.install.plan import InstallPlan
 from ersilia_pack.model_dir import ModelSpec
@@ -149,81 +147,10 @@ def _api_context(api: ApiDefinition, modules: set[str]) -> ApiContext:
     )
 
 
-def clean_text(value: str) -> str:
-    """Text that encodes as UTF-8: surrogate pairs (as some YAML escapes give) joined into the
-    character they stand for, lone surrogates replaced by U+FFFD."""
-    return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    if code < 0x80:
-        return char
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-def _python_string(value: str) -> str:
-    """A double-quoted Python literal in ASCII: other characters as Python escapes.
-
-    Not json.dumps alone: it escapes a character outside the Basic Multilingual Plane as a
-    surrogate pair, which Python reads as two lone surrogates that no response can encode.
-    """
-    text = json.dumps(clean_text(value), ensure_ascii=False)
-    return "".join(map(_escape, text))
-
-
-def _short_pieces(piece: str, width: int) -> list[str]:
-    """``piece`` cut so that each part's literal stays within ``width`` characters."""
-    parts, current = [], ""
-    for char in piece:
-        if current and len(_python_string(current + char)) > width:
-            parts.append(current)
-            current = ""
-        current += char
-    return [*parts, current]
-
-
-def pyliteral(value: str, indent: int = 8) -> str:
-    """A string literal that keeps rendered lines short (implicit concatenation when long)."""
-    if len(_python_string(value)) <= 62:
-        return _python_string(value)
-    pieces = [
-        part
-        for piece in textwrap.wrap(value, 60, drop_whitespace=False, break_on_hyphens=False)
-        for part in _short_pieces(piece, 78)
-    ]
-    pad = " " * indent
-    body = "\n".join(f"{pad}    {_python_string(piece)}" for piece in pieces)
-    return f"(\n{body}\n{pad})"
-
-
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(_load_template),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    env.filters["pyliteral"] = pyliteral
-    env.filters["json"] = json.dumps
-    return env
-
-
-def _load_template(name: str) -> str:
-    return resources.files("ersilia_pack.templates").joinpath(name).read_text(encoding="utf-8")
-
-
 def render_template(name: str, context: RenderContext, **extra: Any) -> str:
     """Render one template with the context's fields."""
-    try:
-        values = {**dict(context), "needs_any": context.needs_any, **extra}
-        return _environment().get_template(name).render(**values)
-    except jinja2.TemplateError as error:
-        raise RenderError(f"template {name} failed to render: {error}") from error
+    values = {**dict(context), "needs_any": context.needs_any, **extra}
+    return templating.render(name, values, error=RenderError)
 
 
 def example_records(api: ApiDefinition) -> list[dict[str, Any]]:
@@ -262,7 +189,7 @@ def api_schema(spec: ModelSpec) -> dict[str, Any]:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    text = clean_text(json.dumps(payload, indent=2, ensure_ascii=False))
+    text = templating.clean_text(json.dumps(payload, indent=2, ensure_ascii=False))
     path.write_text(text + "\n", encoding="utf-8")
 
 

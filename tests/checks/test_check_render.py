@@ -16,7 +16,7 @@ from helpers import FIXTURES, ROOT, app_client, run_command, served
 from ersilia_pack import __version__
 from ersilia_pack.errors import RenderError
 from ersilia_pack.pack import pack
-from ersilia_pack.render import pyliteral
+from ersilia_pack.templating import pyliteral
 
 NAMES = ["r²", "log P (o/w)", "class", "naïve", "2nd", "r2"]
 ALPHA = "\U0001d6fc"  # mathematical italic alpha, outside the BMP
