@@ -435,7 +435,7 @@ async def _compute(
     """Chunks from ``start`` through the model's engine, a few in flight, recorded in order."""
     from ersilia_pack.runtime.engine.service import ModelService, Prediction, PredictionError
 
-    service = ModelService(bundle, settings, cache=None)
+    service = ModelService(bundle, settings)
     await service.start()
     pending: deque[tuple[list[str], asyncio.Task[Prediction]]] = deque()
     position = start

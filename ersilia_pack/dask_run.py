@@ -66,7 +66,7 @@ class _Engine:
         )
         self.thread.start()
         bundle = load_bundle(Path(bundle_dir))
-        self.service = ModelService(bundle, ServeSettings.from_env(workers=workers), cache=None)
+        self.service = ModelService(bundle, ServeSettings.from_env(workers=workers))
         self._call(self.service.start())
 
     def _call(self, coroutine: Any) -> Any:

@@ -15,8 +15,8 @@ from helpers import app_client
 from jobkit import wait_for
 
 from ersilia_pack.runtime.bundle.manifest import load_bundle
+from ersilia_pack.runtime.jobs.manager import holder_is_dead, host_key
 from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.runtime.state.jobs import holder_is_dead, host_key
 from ersilia_pack.runtime.state.sqlite_store import SqliteStore
 from ersilia_pack.runtime.state.store import (
     FINISHED,

@@ -1,4 +1,8 @@
-"""A served model: one engine per API, and typed predictions for the HTTP layer."""
+"""A served model: one engine per API, and typed predictions of what it computes.
+
+The result cache is no concern of the engine: the predictor (``runtime/predictor.py``) looks
+inputs up there and hands the engine only those it has to compute.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ import functools
 import logging
 import math
 import os
-import time
-from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +37,6 @@ from ersilia_pack.runtime.engine.selfcheck import (
     try_mode,
 )
 from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.runtime.state.cache import ResultCache, output_varies
 
 logger = logging.getLogger("ersilia_pack.runtime")
 
@@ -76,6 +77,19 @@ def available_cpus() -> int:
     except (OSError, ValueError):
         pass
     return max(1, cpus)
+
+
+def output_varies(bundle: Bundle) -> bool:
+    """Whether the card says the output changes between runs on the same input.
+
+    Output Consistency "Variable", or a generative Task: every occurrence of such an input is
+    a draw of its own, never shared with another input or kept in the result cache.
+    """
+    if bundle.manifest.output_consistency.strip().lower() == "variable":
+        return True
+    task = bundle.card.get("Task") or ""
+    tasks = task if isinstance(task, list) else [task]
+    return any("generative" in str(item).lower() for item in tasks)
 
 
 def slots_per_api(settings: ServeSettings, api_count: int) -> int:
@@ -124,18 +138,11 @@ def make_runner(
 
 
 class ModelService:
-    """Everything the app does with the model, independent of HTTP."""
+    """Everything the app does with the model, independent of HTTP and of the stored state."""
 
-    # Told of every answered prediction: API, inputs the model was run for, the prediction,
-    # seconds taken. The metrics layer sets it.
-    on_prediction: Callable[[str, int, Prediction, float], None] | None = None
-
-    def __init__(
-        self, bundle: Bundle, settings: ServeSettings, *, cache: ResultCache | None = None
-    ) -> None:
+    def __init__(self, bundle: Bundle, settings: ServeSettings) -> None:
         self.bundle = bundle
         self.settings = settings
-        self.cache = cache
         self.engines: dict[str, ApiEngine] = {}
         slots = slots_per_api(settings, len(bundle.manifest.apis))
         # One run per input only where the output is Fixed: a draw of a varying model is
@@ -273,39 +280,25 @@ class ModelService:
             return engine
 
     async def predict(
-        self,
-        api_name: str,
-        inputs: list[str],
-        *,
-        fetch_cache: bool = True,
-        save_cache: bool = True,
-        cache_only: bool = False,
-        background: bool = False,
+        self, api_name: str, inputs: list[str], *, background: bool = False
     ) -> Prediction:
-        """Run inputs through an API; PredictionError when the model itself fails.
-
-        Only inputs missing from the result cache are computed; ``cache_only`` never runs the
-        model, and inputs not in the cache get null rows.
-        """
-        started = time.perf_counter()
+        """Run inputs through an API: one typed row per input, in order, and why any null row
+        is null; PredictionError when the model itself fails (or its self-check did)."""
         api = self.bundle.apis[api_name]
-        cache = self.cache if self.cache is not None and self.cache.enabled else None
-        hits = await cache.fetch(api_name, inputs) if cache and (fetch_cache or cache_only) else {}
-        todo = [] if cache_only else [value for value in inputs if value not in hits]
         check = self.checks[api_name]
         if check.state == FAILED:
             raise PredictionError(503, check.detail)
         try:
             engine = self.engines[api_name]
             try:
-                outcomes = await engine.predict(todo, background=background) if todo else []
+                outcomes = await engine.predict(inputs, background=background) if inputs else []
             except RunError as error:
                 if isinstance(error, RunTimeout) or getattr(error, "timed_out", False):
                     raise
                 cold = await self._cold_instead(api)
                 if cold is None:
                     raise
-                outcomes = await cold.predict(todo, background=background)
+                outcomes = await cold.predict(inputs, background=background)
         except (RunTimeout, ModelBroken) as error:
             if isinstance(error, ModelBroken) and not error.timed_out:
                 raise _failure(api_name, error) from error
@@ -335,16 +328,7 @@ class ModelService:
         rows = type_rows(raw_rows, api.columns)
         for i, problem in misfits(raw_rows, rows, api).items():
             errors.setdefault(i, problem)
-        if cache and save_cache:
-            pairs = enumerate(zip(todo, rows))
-            fresh = {v: r for i, (v, r) in pairs if r is not None and i not in errors}
-            await cache.save(api_name, fresh)
-        prediction = Prediction(rows=rows, errors=errors)
-        if len(todo) != len(inputs):
-            prediction = _in_input_order(inputs, hits, todo, prediction)
-        if self.on_prediction is not None:
-            self.on_prediction(api_name, len(todo), prediction, time.perf_counter() - started)
-        return prediction
+        return Prediction(rows=rows, errors=errors)
 
 
 def misfits(
@@ -376,24 +360,3 @@ def _failure(api_name: str, error: RunError) -> PredictionError:
         error.stderr_tail,
     )
     return PredictionError(502, public_reason(error.detail, error.stderr_tail))
-
-
-def _in_input_order(
-    inputs: list[str], hits: dict[str, list[Any]], todo: list[str], computed: Prediction
-) -> Prediction:
-    """Cached and computed rows back in input order; inputs in neither get a null row."""
-    by_input = {
-        value: (row, computed.errors.get(i))
-        for i, (value, row) in enumerate(zip(todo, computed.rows))
-    }
-    rows: list[list[Any] | None] = []
-    errors: dict[int, str] = {}
-    for i, value in enumerate(inputs):
-        if value in hits:
-            rows.append(hits[value])
-            continue
-        row, error = by_input.get(value, (None, "not in the result cache (cache_only)"))
-        rows.append(row)
-        if error:
-            errors[i] = error
-    return Prediction(rows=rows, errors=errors, cached=sum(value in hits for value in inputs))

@@ -30,9 +30,9 @@ from ersilia_pack.runtime.http.body import read_inputs
 from ersilia_pack.runtime.http.io import dumps, shape
 from ersilia_pack.runtime.http.openapi import get_and_head
 from ersilia_pack.runtime.http.security import add_api_keys
+from ersilia_pack.runtime.jobs.manager import JobManager
+from ersilia_pack.runtime.predictor import Predictor
 from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.runtime.state.cache import ResultCache
-from ersilia_pack.runtime.state.jobs import JobManager
 from ersilia_pack.runtime.state.store import open_store
 
 logger = logging.getLogger("ersilia_pack.runtime")
@@ -55,6 +55,11 @@ def service_of(request: Request) -> ModelService:
     return service
 
 
+def predictor_of(request: Request) -> Predictor:
+    predictor: Predictor = request.app.state.predictor
+    return predictor
+
+
 async def predict_response(
     request: Request,
     api: str,
@@ -67,14 +72,14 @@ async def predict_response(
 ) -> Response:
     """Answer ``POST /<api>``: one typed row per input, in order, shaped by ``orient``."""
     inputs = await read_inputs(request)
-    service = service_of(request)
+    predictor = predictor_of(request)
     try:
-        prediction = await service.predict(
+        prediction = await predictor.predict(
             api, inputs, fetch_cache=fetch_cache, save_cache=save_cache, cache_only=cache_only
         )
     except PredictionError as error:
         raise HTTPException(error.status_code, error.detail) from error
-    names = service.bundle.apis[api].column_names
+    names = predictor.service.bundle.apis[api].column_names
     result = shape(prediction.rows, names, orient)
     headers = {
         "X-Failed-Rows": str(len(prediction.errors)),
@@ -293,12 +298,13 @@ def build_app(bundle_dir: Path, settings: ServeSettings | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         make_state_dir(bundle)
         store = open_store(bundle, settings)
-        cache = ResultCache.for_bundle(store, bundle, settings)
-        service = ModelService(bundle, settings, cache=cache)
+        service = ModelService(bundle, settings)
+        predictor = Predictor.for_bundle(service, store, settings)
         app.state.service = service
-        service.on_prediction = app.state.metrics.observe_prediction
+        app.state.predictor = predictor
+        predictor.on_prediction = app.state.metrics.observe_prediction
         await service.start()
-        app.state.jobs = jobs = JobManager(store, service, settings)
+        app.state.jobs = jobs = JobManager(store, predictor, settings)
         try:
             await jobs.start()
             yield

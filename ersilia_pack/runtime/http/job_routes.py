@@ -27,8 +27,8 @@ from ersilia_pack.runtime.http.openapi import (
     SaveCacheQuery,
     request_body,
 )
+from ersilia_pack.runtime.jobs.manager import JobManager
 from ersilia_pack.runtime.settings import ServeSettings
-from ersilia_pack.runtime.state.jobs import JobManager
 from ersilia_pack.runtime.state.store import CANCELLED, DONE, FAILED, JobRecord
 
 FormatQuery = Annotated[

@@ -1,7 +1,7 @@
 """``GET /metrics``: what a served model did, in Prometheus' text format.
 
 Each app has a registry of its own, so many apps can live in one process (as in the tests).
-HTTP figures come from a middleware; rows come from the model service, which tells of every
+HTTP figures come from a middleware; rows come from the predictor, which tells of every
 prediction it answers (requests and jobs alike); the engine's queues, runs and restarts and the
 jobs by state are read when the metrics are scraped.
 """
@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ersilia_pack.runtime.engine import gpus
 from ersilia_pack.runtime.engine.service import ModelService, Prediction
-from ersilia_pack.runtime.state.jobs import JobManager
+from ersilia_pack.runtime.jobs.manager import JobManager
 from ersilia_pack.runtime.state.store import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 
 JOB_STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
@@ -80,7 +80,7 @@ class Metrics:
     def observe_prediction(
         self, api: str, computed: int, prediction: Prediction, seconds: float
     ) -> None:
-        """Count the rows of one answered prediction (the model service calls it)."""
+        """Count the rows of one answered prediction (the predictor calls it)."""
         self.rows.labels(api, "computed").inc(computed)
         self.rows.labels(api, "cached").inc(prediction.cached)
         self.rows.labels(api, "failed").inc(len(prediction.errors))

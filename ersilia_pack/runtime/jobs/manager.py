@@ -31,7 +31,8 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from ersilia_pack.runtime.engine.service import ModelService, Prediction, PredictionError
+from ersilia_pack.runtime.engine.service import Prediction, PredictionError
+from ersilia_pack.runtime.predictor import Predictor
 from ersilia_pack.runtime.settings import ServeSettings
 from ersilia_pack.runtime.state.store import (
     ACTIVE_STATES,
@@ -94,14 +95,15 @@ class JobManager:
     def __init__(
         self,
         store: Store,
-        service: ModelService,
+        predictor: Predictor,
         settings: ServeSettings,
         *,
         poll_seconds: float = POLL_SECONDS,
         retry_seconds: float = RETRY_SECONDS,
     ) -> None:
         self.store = store
-        self.service = service
+        self.predictor = predictor
+        self.service = service = predictor.service
         self.settings = settings
         self.claim_seconds = settings.job_claim_seconds
         # Renewed well before anyone may take a claim over.
@@ -396,7 +398,7 @@ class JobManager:
         options = job.options
         for attempt in range(self.retries + 1):
             try:
-                prediction = await self.service.predict(
+                prediction = await self.predictor.predict(
                     job.api,
                     inputs,
                     fetch_cache=options.get("fetch_cache", True),
@@ -445,7 +447,7 @@ class JobManager:
             return prediction
         logger.info("job %s: chunk %d: %d rows ran out of time; once more", *_at(claim), len(late))
         try:
-            again = await self.service.predict(
+            again = await self.predictor.predict(
                 job.api,
                 [inputs[i] for i in late],
                 fetch_cache=False,
@@ -469,7 +471,7 @@ class JobManager:
         if not example:
             return False
         try:
-            probe = await self.service.predict(
+            probe = await self.predictor.predict(
                 api, example[:1], fetch_cache=False, save_cache=False, background=True
             )
         except PredictionError:

@@ -4,7 +4,7 @@ Every key covers what can change an output: the model hash and the install behin
 (plan and variant, backend, installer, resolution date, Python, ersilia-pack version). So a
 repacked model whose files changed, or the same model installed another way, never answers
 from the rows of the other, even where both share a state folder or a Redis. Models whose
-output varies from run to run are never cached.
+output varies from run to run are never cached: the predictor keeps their cache disabled.
 """
 
 from __future__ import annotations
@@ -14,23 +14,10 @@ import hashlib
 import json
 from typing import Any
 
-from ersilia_pack.runtime.bundle.manifest import Bundle, Manifest
-from ersilia_pack.runtime.settings import ServeSettings
+from ersilia_pack.runtime.bundle.manifest import Manifest
 from ersilia_pack.runtime.state.store import Store
 
 Row = list[Any]
-
-
-def output_varies(bundle: Bundle) -> bool:
-    """Whether the card says the output changes between runs on the same input.
-
-    Output Consistency "Variable", or a generative Task: caching those would freeze one draw.
-    """
-    if bundle.manifest.output_consistency.strip().lower() == "variable":
-        return True
-    task = bundle.card.get("Task") or ""
-    tasks = task if isinstance(task, list) else [task]
-    return any("generative" in str(item).lower() for item in tasks)
 
 
 def cache_namespace(manifest: Manifest) -> str:
@@ -62,15 +49,6 @@ class ResultCache:
         self.namespace = namespace
         self.size = size
         self.enabled = enabled and size > 0
-
-    @classmethod
-    def for_bundle(cls, store: Store, bundle: Bundle, settings: ServeSettings) -> ResultCache:
-        return cls(
-            store,
-            namespace=cache_namespace(bundle.manifest),
-            size=settings.cache_size,
-            enabled=not output_varies(bundle),
-        )
 
     def key(self, api: str, value: str) -> bytes:
         return hashlib.sha256(f"{self.namespace}\0{api}\0{value}".encode()).digest()
