@@ -10,14 +10,15 @@ cannot import, start or document itself fails the pack.
    exactly what the cold run gave, in a bounded time.
 3. Overlapping runs versus a single run: the example input runs in several requests at once,
    split across slots; an API whose overlapping runs fail or disagree is served one run at a
-   time (``serial`` in the manifest).
+   time (``decided.serial`` in the manifest).
 4. Forked versus separate slots: a load-once API's example first runs in a worker that loads
    on its own; then in a slot forked from a loaded parent, as it is served by default. An API
    whose ``load()`` leaves threads running, or whose forked run fails, hangs or disagrees, is
-   served with a process per slot (``fork: false`` in the manifest), since forking after some
-   load() is not safe (a thread it started may hold a lock while the slot is forked).
+   served with a process per slot (``decided.fork: false`` in the manifest), since forking
+   after some load() is not safe (a thread it started may hold a lock while the slot is forked).
 
-The decisions (``warm``, ``serial``, ``fork``) are written into the bundle's manifest.
+The decisions (``warm``, ``serial``, ``fork``, ``in_process``, ``gpu``) are written into each
+API's ``decided`` record in the bundle's manifest.
 """
 
 from __future__ import annotations
@@ -42,7 +43,12 @@ from fastapi import FastAPI
 from ersilia_pack.errors import RenderError, ServeError
 from ersilia_pack.runtime.bundle.examples import Rows, compare, row_differences
 from ersilia_pack.runtime.bundle.loader import create_bundle_app, forget_bundle_app
-from ersilia_pack.runtime.bundle.manifest import ApiDefinition, load_bundle, write_manifest
+from ersilia_pack.runtime.bundle.manifest import (
+    ApiDefinition,
+    PackDecisions,
+    load_bundle,
+    write_manifest,
+)
 from ersilia_pack.runtime.settings import ServeSettings
 
 logger = logging.getLogger("ersilia_pack")
@@ -309,14 +315,20 @@ def _write_decisions(
     in_process: set[str] | None = None,
     gpu: set[str] | None = None,
 ) -> None:
+    """Record in the manifest how each API is served: what a check tries next, or at the end
+    what the checks decided."""
     manifest = load_bundle(bundle_dir).manifest
+    apis = []
     for api in manifest.apis:
-        api.gpu = api.name in (gpu or set())
-        api.warm = warm.get(api.name, False)
-        api.in_process = api.warm and api.name in (in_process or set())
-        api.serial = api.name in serial
-        api.fork = api.name not in (separate or {})
-    write_manifest(bundle_dir, manifest)
+        decided = PackDecisions(
+            warm=warm.get(api.name, False),
+            serial=api.name in serial,
+            fork=api.name not in (separate or {}),
+            in_process=warm.get(api.name, False) and api.name in (in_process or set()),
+            gpu=api.name in (gpu or set()),
+        )
+        apis.append(api.model_copy(update={"decided": decided}))
+    write_manifest(bundle_dir, manifest.model_copy(update={"apis": apis}))
 
 
 def _first_difference(single: Rows, other: Rows, inputs: list[str]) -> str | None:

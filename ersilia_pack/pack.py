@@ -120,7 +120,7 @@ def strip_shared_write(root: Path) -> None:
 
 
 def _run_check(staging: Path, *, strict: bool, spec: ModelSpec) -> list[str]:
-    report = check_examples(staging)  # records warm and serial APIs in the manifest
+    report = check_examples(staging)  # writes what it decided for each API into the manifest
     problems = report.failures + report.differences
     if not problems:
         if report.checked:

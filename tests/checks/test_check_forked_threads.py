@@ -27,7 +27,7 @@ def test_a_load_that_leaves_a_thread_running_is_served_with_a_process_per_slot(
     (bundle,) = (eos / "repository" / "load-thread-lock").glob("2*")
     (api,) = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["apis"]
 
-    assert api["fork"] is False
+    assert api["decided"]["fork"] is False
     assert "run is served with a process per slot" in done.stderr
     assert "leaves 1 threads running (lock-holder)" in done.stderr
 

@@ -20,13 +20,14 @@ REQUESTS = 30
 
 
 def pack_cli(name: str, eos: Path) -> tuple[str, dict[str, object]]:
-    """Pack a fixture with the real command; its stderr and the run API of its manifest."""
+    """Pack a fixture with the real command; its stderr and what the pack decided for its run
+    API, as the manifest records it."""
     done = run_command("ersilia_pack", "--model_dir", FIXTURES / name, "--system", "--eos", eos)
     assert done.returncode == 0, done.stderr
     (bundle,) = (eos / "repository" / name).glob("2*")
     manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     (api,) = manifest["apis"]
-    return done.stderr, api
+    return done.stderr, api["decided"]
 
 
 def own_inputs(number: int) -> list[str]:
@@ -61,17 +62,17 @@ def assert_each_got_its_own_rows(answers: list[tuple[list[str], httpx.Response]]
 @pytest.fixture(scope="module")
 def framework_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[str, object]]:
     eos = tmp_path_factory.mktemp("eos")
-    stderr, api = pack_cli("shared-framework-file", eos)
-    return eos / "repository" / "shared-framework-file", stderr, api
+    stderr, decided = pack_cli("shared-framework-file", eos)
+    return eos / "repository" / "shared-framework-file", stderr, decided
 
 
 def test_a_script_writing_a_fixed_file_in_the_framework_folder_is_found_at_pack(
     framework_file: tuple[Path, str, dict[str, object]],
 ) -> None:
-    _, stderr, api = framework_file
+    _, stderr, decided = framework_file
     assert "run is served one run at a time: overlapping runs disagree: input " in stderr
     assert "a single run gave" in stderr
-    assert api["serial"] is True
+    assert decided["serial"] is True
 
 
 def test_a_serial_api_is_still_right_under_30_concurrent_requests(
@@ -89,9 +90,9 @@ def test_runs_in_a_shared_working_directory_stay_apart_under_30_concurrent_reque
 ) -> None:
     # Passes once every run gets a working directory of its own: until then, the pack-time
     # check finds the clash and serves the API one run at a time.
-    stderr, api = pack_cli("shared-cwd-temp", tmp_path)
+    stderr, decided = pack_cli("shared-cwd-temp", tmp_path)
     assert "one run at a time" not in stderr
-    assert api["serial"] is False
+    assert decided["serial"] is False
 
     with served(
         tmp_path / "repository" / "shared-cwd-temp", "--workers", "3", "--batch-size", "2"
@@ -103,6 +104,6 @@ def test_runs_in_a_shared_working_directory_stay_apart_under_30_concurrent_reque
 def test_runs_that_differ_in_the_last_bit_of_a_double_still_overlap(tmp_path: Path) -> None:
     # Overlapping runs are compared as the example check compares (a relative 1e-4), so a
     # model whose floats move in the last place between runs is not served one at a time.
-    stderr, api = pack_cli("last-bit-noise", tmp_path / "eos")
-    assert api["serial"] is False, stderr
+    stderr, decided = pack_cli("last-bit-noise", tmp_path / "eos")
+    assert decided["serial"] is False, stderr
     assert "one run at a time" not in stderr

@@ -59,7 +59,7 @@ def test_a_warm_run_off_by_one_part_in_a_billion_runs_cold(
 
     api = load_bundle(bundle).apis["run"]
     assert api.warm_script == "code/main.py"
-    assert api.warm is False
+    assert api.decided.warm is False
     assert "run cannot run warm in forked children: its warm run differs" in caplog.text
     assert "run runs cold: its in-process warm run differs from the cold run" in caplog.text
     with app_client(bundle) as client:  # served cold: exactly the cold answer
@@ -74,7 +74,7 @@ def test_a_warm_run_that_hangs_falls_back_to_cold_with_the_reason(
     with caplog.at_level(logging.INFO, logger="ersilia_pack"):
         bundle = pack(source, backend="system", repository_root=tmp_path / "repo").bundle_dir
 
-    assert load_bundle(bundle).apis["run"].warm is False
+    assert load_bundle(bundle).apis["run"].decided.warm is False
     # Ten times the cold run, at least 2 s here: the warm runner's warm-up (which runs the
     # script) or its run, whichever hangs, is given up on within that time.
     reason = re.search(
@@ -94,6 +94,6 @@ def test_a_script_whose_warm_run_agrees_runs_warm_and_in_parallel(
         ).bundle_dir
 
     api = load_bundle(bundle).apis["run"]
-    assert (api.warm, api.serial) == (True, False)
+    assert (api.decided.warm, api.decided.serial) == (True, False)
     assert "run runs warm: its warm run matches the cold run" in caplog.text
     assert "one run at a time" not in caplog.text

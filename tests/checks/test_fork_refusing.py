@@ -38,7 +38,7 @@ def test_the_pack_serves_it_warm_without_forking(
     packed: tuple[Path, str, dict[str, object]],
 ) -> None:
     _, stderr, api = packed
-    assert api["warm"] is True and api["in_process"] is True, stderr
+    assert api["decided"]["warm"] is True and api["decided"]["in_process"] is True, stderr
     assert "runs warm in a process per slot, without forking" in stderr
 
 

@@ -54,7 +54,7 @@ def test_the_gpus_are_those_nvidia_smi_lists_unless_cuda_visible_devices_says(
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     packed = pack_fixture("cuda-like-load-once", tmp_path_factory.mktemp("repository"))
     (api,) = json.loads((packed / "manifest.json").read_text())["apis"]
-    assert api["fork"] is False and api["gpu"] is True, api
+    assert api["decided"]["fork"] is False and api["decided"]["gpu"] is True, api
     return packed
 
 

@@ -27,7 +27,7 @@ CONCURRENT = 40
 def bundle(tmp_path: Path) -> Path:
     packed = pack_fixture("changes-after-pack", tmp_path / "repository")
     (api,) = json.loads((packed / "manifest.json").read_text())["apis"]
-    assert api["warm"] is True and api["serial"] is False
+    assert api["decided"]["warm"] is True and api["decided"]["serial"] is False
     return packed
 
 

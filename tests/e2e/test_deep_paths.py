@@ -29,7 +29,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_pack_serves_it_warm(bundle: Path) -> None:
     apis = json.loads((bundle / "manifest.json").read_text())["apis"]
-    assert [api["warm"] for api in apis] == [True]
+    assert [api["decided"]["warm"] for api in apis] == [True]
 
 
 @pytest.mark.parametrize("mode", [[], ["--cold"]], ids=["warm", "cold"])

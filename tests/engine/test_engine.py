@@ -99,7 +99,7 @@ def test_only_the_python_script_shape_runs_warm(
 
 def test_warm_runs_give_what_cold_runs_give_on_real_molecules(tmp_path: Path) -> None:
     bundle = pack(DEMO_DIR, backend="system", repository_root=tmp_path).bundle_dir
-    assert load_bundle(bundle).apis["run"].warm is True
+    assert load_bundle(bundle).apis["run"].decided.warm is True
     molecules = read_data(300)
     smiles = [value for value, _ in molecules] + ["not a molecule", ""]
     with app_client(bundle) as warm, app_client(bundle, cold=True) as cold:
@@ -136,7 +136,7 @@ def test_a_script_whose_warm_run_differs_runs_cold(tmp_path: Path) -> None:
     bundle = pack(source, backend="system", repository_root=tmp_path / "repo").bundle_dir
     api = load_bundle(bundle).apis["run"]
     assert api.warm_script == "code/main.py"
-    assert api.warm is False
+    assert api.decided.warm is False
     with app_client(bundle) as client:
         assert post(client, "run", ["x", "y"]).json() == [{"preloaded": 0}, {"preloaded": 0}]
 
@@ -395,7 +395,7 @@ def test_a_script_whose_warm_run_hangs_is_packed_cold_in_bounded_time(
     )
     monkeypatch.setattr("ersilia_pack.check.WARM_CHECK_MIN_SECONDS", 2.0)
     bundle = pack(source, backend="system", repository_root=tmp_path / "repo").bundle_dir
-    assert load_bundle(bundle).apis["run"].warm is False
+    assert load_bundle(bundle).apis["run"].decided.warm is False
     assert processes_mentioning(str(bundle)) == []
 
 
@@ -426,7 +426,7 @@ def test_a_model_whose_load_starts_a_thread_is_served_with_a_process_per_slot(
     monkeypatch.setattr("ersilia_pack.check.WARM_CHECK_MIN_SECONDS", 2.0)
     source = model_dir(tmp_path, "threaded-load", files)
     bundle = pack(source, backend="system", repository_root=tmp_path / "repo").bundle_dir
-    assert load_bundle(bundle).apis["run"].fork is False
+    assert load_bundle(bundle).apis["run"].decided.fork is False
     marker = str(bundle / "app" / "worker.py")
     assert processes_mentioning(marker) == []  # the hung forked check left nothing behind
     with app_client(bundle, workers=2, timeout=30) as client:

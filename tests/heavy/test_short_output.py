@@ -27,7 +27,7 @@ def bundle(packed: Callable[..., Path]) -> Path:
 
 
 def test_the_legacy_api_runs_warm(bundle: Path) -> None:
-    assert manifest_apis(bundle)["run"]["warm"] is True
+    assert manifest_apis(bundle)["run"]["decided"]["warm"] is True
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory, pack_tmp: Path) -> Iterator
 
 
 def test_the_pack_time_runs_leave_nothing_behind(bundle: Path, pack_tmp: Path) -> None:
-    assert manifest_apis(bundle)["run"]["warm"] is True
+    assert manifest_apis(bundle)["run"]["decided"]["warm"] is True
     assert leftovers(pack_tmp, bundle) == []
 
 

@@ -66,7 +66,7 @@ def test_the_legacy_api_runs_warm_and_the_py_api_loads_once(bundle: Path) -> Non
     assert apis["run"]["kind"] == "sh"
     assert apis["run"]["warm_script"] == "code/main.py"
     # the pack-time check ran it warm and found it equal to the cold run
-    assert apis["run"]["warm"] is True
+    assert apis["run"]["decided"]["warm"] is True
     assert apis["predict"]["kind"] == "py"
 
 
@@ -147,7 +147,7 @@ def test_a_caller_asking_for_threads_still_gets_warm_runs_that_answer(
     smiles = list(distinct_smiles(40))
     requests = [smiles[number * 2 : number * 2 + 2] for number in range(20)]
 
-    assert manifest_apis(packed_with_threads)["run"]["warm"] is True
+    assert manifest_apis(packed_with_threads)["run"]["decided"]["warm"] is True
     with uncached_client(packed_with_threads, workers=2, timeout=60) as client:
         wait_ready(client)
         responses = concurrent_requests(client, "run", requests)

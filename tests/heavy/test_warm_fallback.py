@@ -30,7 +30,7 @@ def test_a_model_that_hangs_only_when_forked_is_packed_warm_without_forking(eos:
     ]
     api = manifest_apis(bundle)["run"]
     assert api["warm_script"] == "code/main.py"
-    assert (api["warm"], api["in_process"]) == (True, True)
+    assert (api["decided"]["warm"], api["decided"]["in_process"]) == (True, True)
 
     # served warm without forking, it answers
     with app_client(bundle, workers=2, timeout=30) as client:

@@ -28,7 +28,7 @@ def test_two_thousand_columns_answer_right(packed: Callable[..., Path], cold: bo
         wait_ready(client)
         response = client.post("/run", json=inputs)
 
-    assert manifest_apis(bundle)["run"]["warm"] is True
+    assert manifest_apis(bundle)["run"]["decided"]["warm"] is True
     assert response.status_code == 200, response.text
     rows = response.json()
     assert len(rows) == len(inputs)

@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ersilia_pack.errors import ServeError
 from ersilia_pack.runtime.bundle.columns import Column
@@ -18,8 +18,34 @@ MANIFEST = "manifest.json"
 TAG_PATTERN = re.compile(r"^\d{8}-\d{6}-\d{6}$")
 
 
+class PackDecisions(BaseModel):
+    """How the pack-time checks decided an API is served, made once when the bundle is packed.
+
+    The model directory declares none of it: the pack serves the new bundle, runs each API's
+    example in the faster ways it could be served, and keeps those that give exactly what a
+    single cold run gives.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    # A legacy script of the warm shape whose warm run gave exactly what its cold run gave.
+    warm: bool = False
+    # Overlapping runs of the example disagreed with a single run (or failed): the API is
+    # served one run at a time.
+    serial: bool = False
+    # Slots forked from one loaded parent; False when forking after the load broke the example
+    # run (threads started in load(), say) and separate ones worked.
+    fork: bool = True
+    # A legacy script served warm whose libraries refuse a forked process (CUDA's rule): its
+    # runs happen in a warm process per slot itself, one after the other, not in forks.
+    in_process: bool = False
+    # The model runs on a GPU (the pack saw CUDA refuse a forked process): served with
+    # --gpu-workers processes per GPU where the machine has GPUs.
+    gpu: bool = False
+
+
 class ApiDefinition(BaseModel):
-    """One API of a model: how it runs and what it returns."""
+    """One API of a model: what the model directory declares, and what the pack decided."""
 
     name: str
     kind: Literal["sh", "py"]
@@ -29,23 +55,28 @@ class ApiDefinition(BaseModel):
     example_input: list[str] = []
     example_output: list[list[str]] = []
     warm_script: str | None = None
-    warm: bool = False
-    # Set at pack time when overlapping runs of the example disagree with a single run (or
-    # fail): the API is then served one run at a time.
-    serial: bool = False
-    # Slots forked from one loaded parent; False when the pack-time check found forking after
-    # the load broke the example run (threads started in load(), say) and separate ones worked.
-    fork: bool = True
-    # A legacy script served warm whose libraries refuse a forked process (CUDA's rule): its
-    # runs happen in a warm process per slot itself, one after the other, not in forks.
-    in_process: bool = False
-    # The model runs on a GPU (the pack saw CUDA refuse a forked process): served with
-    # --gpu-workers processes per GPU where the machine has GPUs.
-    gpu: bool = False
+    decided: PackDecisions = PackDecisions()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_decisions(cls, data: Any) -> Any:
+        """A manifest written before ``decided`` keeps the decisions flat on each API: the same
+        keys, moved into the record, mean the same."""
+        if not isinstance(data, dict) or "decided" in data:
+            return data
+        flat = {key: data[key] for key in PackDecisions.model_fields if key in data}
+        if not flat:
+            return data
+        rest = {key: value for key, value in data.items() if key not in flat}
+        return {**rest, "decided": flat}
 
     @property
     def column_names(self) -> list[str]:
         return [column.name for column in self.columns]
+
+    def with_decisions(self, **changes: bool) -> ApiDefinition:
+        """This API with some of the pack's decisions changed: a safer mode to serve it in."""
+        return self.model_copy(update={"decided": self.decided.model_copy(update=changes)})
 
 
 class InstallRecord(BaseModel):

@@ -58,24 +58,24 @@ class ApiCheck:
 def mode_of(api: ApiDefinition, settings: ServeSettings) -> str:
     """How an API runs, in words: warm or cold, forked or separate slots, serial or not."""
     if api.kind == "py":
-        forked = api.fork and not settings.separate_workers
+        forked = api.decided.fork and not settings.separate_workers
         base = "load-once, forked slots" if forked else "load-once, a process per slot"
     else:
-        base = "warm" if api.warm and api.warm_script and not settings.cold else "cold"
-        base += ", in-process" if base == "warm" and api.in_process else ""
-    return base + (", one run at a time" if api.serial else "")
+        base = "warm" if api.decided.warm and api.warm_script and not settings.cold else "cold"
+        base += ", in-process" if base == "warm" and api.decided.in_process else ""
+    return base + (", one run at a time" if api.decided.serial else "")
 
 
 def safer_modes(api: ApiDefinition, settings: ServeSettings) -> list[ApiDefinition]:
     """The modes to try, in order, when the served one does not reproduce the example."""
     found: list[ApiDefinition] = []
-    if api.kind == "sh" and api.warm and api.warm_script and not settings.cold:
-        found.append(api.model_copy(update={"warm": False}))
-    elif api.kind == "py" and api.fork and not settings.separate_workers:
-        found.append(api.model_copy(update={"fork": False}))
-    if not api.serial:
+    if api.kind == "sh" and api.decided.warm and api.warm_script and not settings.cold:
+        found.append(api.with_decisions(warm=False))
+    elif api.kind == "py" and api.decided.fork and not settings.separate_workers:
+        found.append(api.with_decisions(fork=False))
+    if not api.decided.serial:
         base = found[-1] if found else api
-        found.append(base.model_copy(update={"serial": True}))
+        found.append(base.with_decisions(serial=True))
     return found
 
 
