@@ -1,11 +1,16 @@
 """The batch command's core: a file of inputs through a model, into a CSV or JSON file.
 
-The model is a served one (through a job on the server, with the client) or a bundle run here
-with the same engine the server uses (no HTTP). Either way the run can be stopped and run again
-with the same arguments: rows go to ``OUTPUT.partial`` chunk by chunk, and
-``OUTPUT.state.json`` records, after each chunk, how many rows are in it (and, through a
-server, the job's id, so a rerun follows the same job). Only what is not recorded is computed
-again; the finished file replaces OUTPUT at the end and the two resume files go away.
+The model is a served one (a job on the server, through the client) or a bundle run here: a
+job too, of the server's own job manager, kept in ``OUTPUT.jobs.sqlite`` and computed by the
+engine the server uses (no HTTP). So both ways share one failure policy: a chunk the model
+fails on is tried again, and one that keeps failing while the model still answers its example
+input gets null rows (the reason is logged); only a model that no longer answers stops the run.
+
+Either way the run can be stopped and run again with the same arguments: rows go to
+``OUTPUT.partial`` chunk by chunk, and ``OUTPUT.state.json`` records, after each chunk, how
+many rows are in it and the job's id, so a rerun follows the same job and computes only what
+the job has not recorded. The finished file replaces OUTPUT at the end and the resume files go
+away. (With ``--dask`` the chunks are Dask tasks instead, and a chunk that fails stops the run.)
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import json
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +37,10 @@ logger = logging.getLogger("ersilia_pack.batch")
 
 FORMATS = {".csv": "csv", ".json": "json"}
 STATE_VERSION = 1
-IN_FLIGHT = 2  # chunks computing at once, so the model never waits while a chunk is written
 DOWNLOAD_CHUNK = 5000
+DASK_CHUNK = 1000
+# Longest wait between looks at the local job (for its next chunk, and for a stop).
+LOOK_SECONDS = 0.2
 
 
 class InputFileError(ErsiliaPackError):
@@ -162,12 +168,14 @@ class _Writer:
 
 
 class _Resume:
-    """``OUTPUT.partial`` (rows so far) and ``OUTPUT.state.json`` (how many, and the job)."""
+    """``OUTPUT.partial`` (rows so far), ``OUTPUT.state.json`` (how many, and the job) and,
+    for a bundle run here, ``OUTPUT.jobs.sqlite`` (the job's chunks)."""
 
     def __init__(self, output: Path, key: str, total: int) -> None:
         self.output = output
         self.partial = output.with_name(output.name + ".partial")
         self.state_path = output.with_name(output.name + ".state.json")
+        self.jobs = output.with_name(output.name + ".jobs.sqlite")
         self.key = key
         self.state: dict[str, Any] = {
             "version": STATE_VERSION,
@@ -177,6 +185,7 @@ class _Resume:
             "failed": 0,
             "offset": 0,
             "job_id": None,
+            "job_offset": 0,  # the input the job starts at (a local job takes what is left)
         }
         self.handle: BinaryIO | None = None
 
@@ -217,6 +226,9 @@ class _Resume:
         else:
             if saved is not None:
                 self.state["job_id"] = saved.get("job_id")
+                self.state["job_offset"] = saved.get("job_offset", 0)
+            else:  # jobs of another input file, API or model
+                self.remove_jobs()
             handle = self.partial.open("w+b")
             handle.write(header)
             self._commit(handle, rows=0, failed=0)
@@ -258,6 +270,12 @@ class _Resume:
         self.close()
         os.replace(self.partial, self.output)
         self.state_path.unlink(missing_ok=True)
+        self.remove_jobs()
+
+    def remove_jobs(self) -> None:
+        """The local job store, with SQLite's files beside it."""
+        for suffix in ("", "-wal", "-shm"):
+            self.jobs.with_name(self.jobs.name + suffix).unlink(missing_ok=True)
 
     def close(self) -> None:
         if self.handle is not None:
@@ -345,11 +363,9 @@ def run_batch(
     )
 
 
-def _interrupted(resume: _Resume) -> Interrupted:
+def _interrupted(resume: _Resume, *, on_server: bool = False) -> Interrupted:
     done, total = resume.state["rows_done"], resume.state["total"]
-    where = (
-        f"; job {resume.state['job_id']} goes on on the server" if resume.state["job_id"] else ""
-    )
+    where = f"; job {resume.state['job_id']} goes on on the server" if on_server else ""
     return Interrupted(
         f"interrupted with {done} of {total} rows written{where}: run the same command "
         f"again to continue (progress is kept in {resume.state_path.name})"
@@ -387,10 +403,10 @@ def _run_local(
             f"use one of {', '.join(bundle.apis)}"
         )
     settings = ServeSettings.from_env(workers=workers)
-    # A chunk keeps every worker busy with a run or two; the engine splits it into runs. On
-    # Dask a chunk is a task: each worker takes a few at once.
-    default = 1000 if dask else 1000 * (settings.workers or os.cpu_count() or 1)
-    size = max(1, chunk_size or default)
+    # Here a chunk is a job's chunk, as on a server; on Dask a chunk is a task: each worker
+    # takes a few at once.
+    size = max(1, chunk_size or (DASK_CHUNK if dask else settings.job_chunk_size))
+    settings = settings.model_copy(update={"job_chunk_size": size})
     target = f"{bundle.path}:{bundle.manifest.model_hash}"
     writer = _Writer(kind, bundle.apis[api].column_names)
     resume = _Resume(output_path, _key(input_path, api, target), len(inputs))
@@ -406,9 +422,7 @@ def _run_local(
             )
         elif start < len(inputs):
             asyncio.run(
-                _compute(
-                    bundle, settings, api, inputs, start, size, writer, resume, meter, report, stop
-                )
+                _compute(bundle, settings, api, inputs, writer, resume, meter, report, stop)
             )
         if int(resume.state["rows_done"]) < len(inputs):
             raise _interrupted(resume)
@@ -424,50 +438,115 @@ async def _compute(
     settings: Any,
     api: str,
     inputs: list[str],
-    start: int,
-    size: int,
     writer: _Writer,
     resume: _Resume,
     meter: _Meter,
     report: Callable[[Progress], object],
     stop: Callable[[], bool],
 ) -> None:
-    """Chunks from ``start`` through the model's engine, a few in flight, recorded in order."""
-    from ersilia_pack.runtime.engine.service import ModelService, Prediction, PredictionError
+    """The inputs not yet written, as a job of the server's job manager in a store beside the
+    output, through the model's engine; its chunks are written in order as they are recorded.
 
+    Once ``stop`` says yes, no chunk is started; those in flight are finished, recorded and
+    written, and the rest is left to a rerun (it follows the same job).
+    """
+    from ersilia_pack.runtime.engine.service import ModelService
+    from ersilia_pack.runtime.jobs.manager import JobManager
+    from ersilia_pack.runtime.predictor import Predictor
+    from ersilia_pack.runtime.state.sqlite_store import SqliteStore
+
+    store = SqliteStore(resume.jobs)
     service = ModelService(bundle, settings)
-    await service.start()
-    pending: deque[tuple[list[str], asyncio.Task[Prediction]]] = deque()
-    position = start
+    # Nothing else uses this engine: the job's chunks take every slot, as requests would.
+    jobs = JobManager(store, Predictor(service), settings, background=False)
     try:
-        while True:
-            while len(pending) < IN_FLIGHT and position < len(inputs) and not stop():
-                chunk = inputs[position : position + size]
-                pending.append((chunk, asyncio.create_task(service.predict(api, chunk))))
-                position += len(chunk)
-            if not pending:
-                return
-            chunk, task = pending.popleft()
-            try:
-                prediction = await task
-            except PredictionError as error:
-                done = int(resume.state["rows_done"])
-                kept = f"; the {done} rows done are kept for a rerun" if done else ""
-                raise BatchError(
-                    f"{api} of {bundle.manifest.model_id} failed ({error.status_code}): "
-                    f"{error.detail}{kept}"
-                ) from error
-            rows = [
-                None if i in prediction.errors else row for i, row in enumerate(prediction.rows)
-            ]
-            first = int(resume.state["rows_done"]) == 0
-            resume.record(writer.rows(chunk, rows, first), len(chunk), len(prediction.errors))
-            report(meter.progress(int(resume.state["rows_done"]), "computing"))
+        await service.start()
+        job = await _local_job(jobs, resume, api, inputs)
+        await jobs.start()
+        await _write_job(jobs, job, bundle, inputs, writer, resume, meter, report, stop)
     finally:
-        for _, task in pending:
-            task.cancel()
-        await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+        await jobs.stop()
         await service.stop()
+        store.close()
+
+
+async def _local_job(jobs: Any, resume: _Resume, api: str, inputs: list[str]) -> Any:
+    """The job an earlier run left in the store, when it is still the one for the rows left;
+    else a new job of the inputs not yet written."""
+    from ersilia_pack.runtime.state.store import ACTIVE_STATES, DONE
+
+    done = int(resume.state["rows_done"])
+    earlier = resume.state.get("job_id")
+    if earlier:
+        offset = int(resume.state.get("job_offset") or 0)
+        job = await jobs.get(str(earlier), owner="")
+        fits = job is not None and job.api == api and offset + job.total == len(inputs)
+        if fits and offset <= done and job.state in (*ACTIVE_STATES, DONE):
+            logger.info("following job %s of an earlier run (%s)", job.id, job.state)
+            return job
+        if job is not None:
+            await jobs.cancel(job.id, owner="")
+    job = await jobs.submit(api, inputs[done:], owner="")
+    resume.state.update(job_id=job.id, job_offset=done)
+    resume.save()
+    return job
+
+
+async def _write_job(
+    jobs: Any,
+    job: Any,
+    bundle: Any,
+    inputs: list[str],
+    writer: _Writer,
+    resume: _Resume,
+    meter: _Meter,
+    report: Callable[[Progress], object],
+    stop: Callable[[], bool],
+) -> None:
+    """The job's chunks from the first one not written, each once it is recorded."""
+    from ersilia_pack.runtime.state.store import ACTIVE_STATES, DONE
+
+    offset = int(resume.state["job_offset"])
+    chunk = (int(resume.state["rows_done"]) - offset) // job.chunk_size
+    stopping = False
+    while chunk < job.chunks:
+        result = await asyncio.to_thread(jobs.store.read_chunk, job.id, chunk)
+        if result is not None:
+            first = offset + chunk * job.chunk_size
+            values = inputs[first : first + len(result.rows)]
+            rows = [None if i in result.errors else row for i, row in enumerate(result.rows)]
+            done = int(resume.state["rows_done"])
+            resume.record(writer.rows(values, rows, done == 0), len(rows), len(result.errors))
+            report(meter.progress(int(resume.state["rows_done"]), "computing"))
+            chunk += 1
+            continue
+        if stopping:  # every chunk that was in flight is written
+            return
+        if stop():
+            await jobs.stop(finish_running=True)
+            stopping = True
+            continue
+        current = await jobs.get(job.id, owner="")
+        if current is not None and current.state == DONE:
+            continue  # its last chunk was recorded since the look above
+        if current is None or current.state not in ACTIVE_STATES:
+            raise _job_failed(jobs, job, current, bundle, resume)
+        await jobs.chunk_ended(LOOK_SECONDS)
+
+
+def _job_failed(jobs: Any, job: Any, now: Any, bundle: Any, resume: _Resume) -> BatchError:
+    """Why the local job stopped (``now``: the job as the store has it now, None if gone)."""
+    done = int(resume.state["rows_done"])
+    kept = f"; the {done} rows done are kept for a rerun" if done else ""
+    failed_here = jobs.last_failure
+    if failed_here is not None and failed_here[0] == job.id:  # the model no longer answers
+        failure = failed_here[1]
+        why = f"failed ({failure.status_code}): {failure.detail}"
+    elif now is None:
+        why = f"lost its job {job.id} (removed from {resume.jobs.name})"
+    else:
+        why = f"failed: {now.error or now.state}"
+    return BatchError(f"{job.api} of {bundle.manifest.model_id} {why}{kept}")
 
 
 def _compute_on_dask(
@@ -570,7 +649,7 @@ def _run_remote(
             try:
                 job.wait(progress=follow)
             except _Stop:
-                raise _interrupted(resume) from None
+                raise _interrupted(resume, on_server=True) from None
             except TimeoutError as error:  # the job made no progress for the client's bound
                 raise BatchError(str(error)) from error
             _download(job, inputs, writer, resume, report, stop, chunk_size or DOWNLOAD_CHUNK)
@@ -635,7 +714,7 @@ def _download(
         if len(batch) >= size:
             flush()
             if stop():
-                raise _interrupted(resume)
+                raise _interrupted(resume, on_server=True)
     if batch:
         flush()
     if int(resume.state["rows_done"]) != len(inputs):

@@ -221,7 +221,11 @@ class ModelService:
     def background_slots(self, api_name: str) -> int:
         """How many runs of background work (jobs) an API takes at once: all its slots but the
         one the engine keeps for interactive requests."""
-        return max(1, self.engines[api_name].runner.concurrency - 1)
+        return max(1, self.slots(api_name) - 1)
+
+    def slots(self, api_name: str) -> int:
+        """How many runs of an API go at once."""
+        return self.engines[api_name].runner.concurrency
 
     @property
     def ready(self) -> bool:

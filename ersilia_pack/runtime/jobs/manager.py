@@ -18,6 +18,10 @@ out of time are tried once more, by themselves, before they stay null.
 The jobs of another version of the model (a repack with another model hash, sharing the
 store) are never run here, since that version may compute other rows; once no server of that
 version has been seen for ``job_claim_seconds``, they fail and say so.
+
+The batch command (``ersilia_pack run --repository_dir``) runs its inputs as a job of this
+same manager, in a store of its own beside the output file, so one failure policy holds for a
+batch run here and one sent to a server.
 """
 
 from __future__ import annotations
@@ -98,23 +102,32 @@ class JobManager:
         predictor: Predictor,
         settings: ServeSettings,
         *,
+        background: bool = True,
         poll_seconds: float = POLL_SECONDS,
         retry_seconds: float = RETRY_SECONDS,
     ) -> None:
+        """``background``: chunks wait behind requests and leave them a slot; off where
+        nothing else uses the engine (the batch command), so chunks take every slot."""
         self.store = store
         self.predictor = predictor
         self.service = service = predictor.service
         self.settings = settings
+        self.background = background
         self.claim_seconds = settings.job_claim_seconds
         # Renewed well before anyone may take a claim over.
         self.poll_seconds = min(poll_seconds, self.claim_seconds / 3)
         self.retries = settings.job_chunk_retries
         self.retry_seconds = retry_seconds
-        self.lanes = max(service.background_slots(api) for api in service.bundle.apis)
+        slots = service.background_slots if background else service.slots
+        self.lanes = max(slots(api) for api in service.bundle.apis)
         self.holder = f"{host_key()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self.model_hash = service.bundle.manifest.model_hash
         self._inflight: dict[ChunkClaim, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._chunk_ended = asyncio.Event()
+        # The last job that failed here because the model did, and how (the batch command
+        # reports it).
+        self.last_failure: tuple[str, PredictionError] | None = None
         self._stopping = False
         self._claimer: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -126,18 +139,21 @@ class JobManager:
         self._claimer = asyncio.create_task(self._claim_forever())
         self._ticker = asyncio.create_task(self._tick_forever())
 
-    async def stop(self) -> None:
-        """Stop the chunks in flight and give their claims up, so others take them at once."""
+    async def stop(self, *, finish_running: bool = False) -> None:
+        """Stop the chunks in flight and give their claims up, so others take them at once;
+        with ``finish_running``, claim no more chunks but finish and record those in flight."""
         self._stopping = True
         self._wake.set()
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
         if self._claimer is not None:
             # Not cancelled: a claim it is receiving must land in _inflight to be released.
             with contextlib.suppress(Exception):
                 await self._claimer
+        if finish_running:  # their claims are still renewed meanwhile
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
         tasks = dict(self._inflight)
         for task in tasks.values():
             task.cancel()
@@ -213,6 +229,12 @@ class JobManager:
         outcome = await asyncio.to_thread(self.store.cancel, job_id)
         self._stop_chunks_of(job_id)
         return outcome
+
+    async def chunk_ended(self, seconds: float) -> None:
+        """Wait until a chunk run here ends (recorded, dropped or failed), at most ``seconds``."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._chunk_ended.wait(), seconds)
+        self._chunk_ended.clear()
 
     def result_chunks(self, job: JobRecord) -> Iterator[tuple[int, list[str], ChunkResult]]:
         """Offset, inputs and rows of each chunk of a finished job, in order (blocking)."""
@@ -349,6 +371,7 @@ class JobManager:
         finally:
             self._inflight.pop(claim, None)
             self._wake.set()
+            self._chunk_ended.set()
 
     async def _fail(self, job_id: str, detail: str) -> None:
         try:
@@ -404,7 +427,7 @@ class JobManager:
                     fetch_cache=options.get("fetch_cache", True),
                     save_cache=options.get("save_cache", True),
                     cache_only=options.get("cache_only", False),
-                    background=True,
+                    background=self.background,
                 )
             except PredictionError as error:
                 failure = error
@@ -430,6 +453,7 @@ class JobManager:
             errors = dict.fromkeys(range(len(inputs)), failure.detail)
             return Prediction(rows=[None] * len(inputs), errors=errors)
         logger.warning("job %s failed: %s", job.id, failure.detail)
+        self.last_failure = (job.id, failure)
         await self._fail(job.id, failure.detail)
         return None
 
@@ -452,7 +476,7 @@ class JobManager:
                 [inputs[i] for i in late],
                 fetch_cache=False,
                 save_cache=job.options.get("save_cache", True),
-                background=True,
+                background=self.background,
             )
         except PredictionError:
             return prediction
@@ -472,7 +496,7 @@ class JobManager:
             return False
         try:
             probe = await self.predictor.predict(
-                api, example[:1], fetch_cache=False, save_cache=False, background=True
+                api, example[:1], fetch_cache=False, save_cache=False, background=self.background
             )
         except PredictionError:
             return False
