@@ -111,11 +111,11 @@ def make_runner(
     """The runner an API gets: load-once workers for ``.py``; for ``.sh``, warm runs where the
     pack-time check found them equal to cold runs, else a fresh process per run. Slots are
     forked from one loaded parent unless the settings or the pack-time check say otherwise."""
-    devices = list(devices or []) if api.gpu else []
+    devices = list(devices or []) if api.decided.gpu else []
     if devices:  # one model copy per GPU (--gpu-workers), not one per CPU
         slots = gpus.gpu_slots(settings.gpu_workers, len(devices))
-    slots = 1 if api.serial else slots
-    fork = api.fork and not settings.separate_workers
+    slots = 1 if api.decided.serial else slots
+    fork = api.decided.fork and not settings.separate_workers
     if api.kind == "py":
         return LoadOnceRunner(
             bundle,
@@ -125,7 +125,7 @@ def make_runner(
             fork=fork,
             devices=devices,
         )
-    warm = bool(api.warm and api.warm_script and not settings.cold)
+    warm = bool(api.decided.warm and api.warm_script and not settings.cold)
     return ScriptRunner(
         bundle,
         api,
@@ -133,7 +133,7 @@ def make_runner(
         warm=warm,
         load_timeout=settings.timeout,
         fork=fork,
-        in_process=api.in_process,
+        in_process=api.decided.in_process,
     )
 
 
@@ -152,7 +152,7 @@ class ModelService:
         # whether the self-check compares values with the example output, or only its shape
         self._fixed = bundle.manifest.output_consistency.lower() == "fixed"
         # the GPUs processes may use, looked up once, where an API runs on a GPU
-        on_gpu = any(api.gpu for api in bundle.manifest.apis)
+        on_gpu = any(api.decided.gpu for api in bundle.manifest.apis)
         self.gpus: list[str] = gpus.visible_gpus() if on_gpu else []
         self._slots = slots
         self.checks: dict[str, ApiCheck] = {}
@@ -202,7 +202,7 @@ class ModelService:
 
     def device_of(self, name: str) -> str:
         """Where an API's model runs: ``cpu``, or ``cuda`` with the GPUs it is spread over."""
-        if self.bundle.apis[name].gpu and self.gpus:
+        if self.bundle.apis[name].decided.gpu and self.gpus:
             return f"cuda (GPUs {','.join(self.gpus)}, {self.settings.gpu_workers} per GPU)"
         return "cpu"
 
@@ -267,12 +267,12 @@ class ModelService:
         example, replaces the warm one. None when the API is not warm or cold fails too."""
         if not self.settings.fallback or mode_of(api, self.settings) != self.checks[api.name].mode:
             return None  # not wanted, or already moved
-        if api.kind != "sh" or not (api.warm and api.warm_script and not self.settings.cold):
+        if api.kind != "sh" or not (api.decided.warm and api.warm_script) or self.settings.cold:
             return None
         async with self._moving[api.name]:
             if mode_of(api, self.settings) != self.checks[api.name].mode:
                 return self.engines[api.name]
-            cold = api.model_copy(update={"warm": False})
+            cold = api.with_decisions(warm=False)
             engine, _ = await try_mode(cold, self.settings, self.make_engine, fixed=self._fixed)
             if engine is None:
                 return None
