@@ -455,6 +455,10 @@ async def _compute(
     from ersilia_pack.runtime.predictor import Predictor
     from ersilia_pack.runtime.state.sqlite_store import SqliteStore
 
+    # The job is how this command computes, not news to its user: its lines show with -v.
+    jobs_log = logging.getLogger("ersilia_pack.runtime.jobs")
+    if not jobs_log.isEnabledFor(logging.DEBUG):
+        jobs_log.setLevel(logging.WARNING)
     store = SqliteStore(resume.jobs)
     service = ModelService(bundle, settings)
     # Nothing else uses this engine: the job's chunks take every slot, as requests would.

@@ -52,7 +52,8 @@ from ersilia_pack.runtime.state.store import (
     new_job_id,
 )
 
-logger = logging.getLogger("ersilia_pack.runtime")
+# under the runtime's logger; the batch command quiets it (a local job is its means, not news)
+logger = logging.getLogger("ersilia_pack.runtime.jobs")
 
 POLL_SECONDS = 2.0
 # Longest wait for new chunks in one call to a store that can wait (Redis); shutdown waits it.
