@@ -9,7 +9,8 @@ For "is this change slower than that one": pack examples/eos-demo with each inst
 
 Both servers run at once; the rounds alternate (a, b, a, b, ...) so the machine's noise falls
 on both alike. Each round is one-input requests from N keep-alive clients for a few seconds,
-with the result cache bypassed. Prints a Markdown table of medians and the b/a ratio.
+with the result cache bypassed. Prints a Markdown table of medians (requests per second and
+p50 latency) and the b/a ratios.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import time
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import load  # bench/run.py's load generator
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "smiles-50k-molweight.csv"
@@ -46,24 +50,16 @@ def start(serve: str, repository: str, workers: int) -> tuple[subprocess.Popen[s
     raise SystemExit(f"{serve} did not start")
 
 
-async def round_rate(url: str, api: str, inputs: list[str], clients: int, seconds: float) -> float:
-    done = 0
-
-    async def client(offset: int) -> None:
-        nonlocal done
-        async with httpx.AsyncClient(timeout=60) as session:
-            end, position = time.monotonic() + seconds, offset
-            while time.monotonic() < end:
-                response = await session.post(
-                    f"{url}/{api}?fetch_cache=false&save_cache=false",
-                    json=[inputs[position % len(inputs)]],
-                )
-                response.raise_for_status()
-                position += clients
-                done += 1
-
-    await asyncio.gather(*(client(i) for i in range(clients)))
-    return done / seconds
+def round_figures(
+    url: str, api: str, inputs: list[str], clients: int, seconds: float
+) -> tuple[float, float]:
+    """One round: requests per second and the p50 latency (ms), with the small keep-alive
+    client of bench/run.py (it costs the shared CPU as little as a client can)."""
+    molecules = [(smiles, 0.0) for smiles in inputs]
+    result = asyncio.run(load(url, f"/{api}", molecules, clients, seconds, None))
+    if result.errors:
+        raise SystemExit(f"{url}/{api}: {result.errors} requests failed")
+    return result.rps, result.percentile(0.5)
 
 
 def wait_ready(url: str) -> None:
@@ -92,18 +88,23 @@ def main() -> None:
     try:
         for _, url in servers:
             wait_ready(url)
-        print("| API | clients | a req/s (median) | b req/s (median) | b / a |")
-        print("|---|---|---|---|---|")
+        print(
+            "| API | clients | a req/s | b req/s | b / a | a p50 ms | b p50 ms | b / a |\n"
+            "|---|---|---|---|---|---|---|---|"
+        )
         for api in args.apis.split(","):
             for clients in map(int, args.clients.split(",")):
-                rates: list[list[float]] = [[], []]
+                figures: list[list[tuple[float, float]]] = [[], []]
                 for _ in range(args.rounds):
                     for side, (_, url) in enumerate(servers):
-                        rates[side].append(
-                            asyncio.run(round_rate(url, api, inputs, clients, args.seconds))
-                        )
-                a, b = (statistics.median(side) for side in rates)
-                print(f"| {api} | {clients} | {a:.0f} | {b:.0f} | {b / a:.2f} |", flush=True)
+                        figures[side].append(round_figures(url, api, inputs, clients, args.seconds))
+                a, b = (statistics.median(rate for rate, _ in side) for side in figures)
+                pa, pb = (statistics.median(p50 for _, p50 in side) for side in figures)
+                print(
+                    f"| {api} | {clients} | {a:.0f} | {b:.0f} | {b / a:.2f} "
+                    f"| {pa:.2f} | {pb:.2f} | {pb / pa:.2f} |",
+                    flush=True,
+                )
     finally:
         for process, _ in servers:
             process.terminate()
