@@ -11,7 +11,8 @@ wrapping the function that does it; the table gives the median of each, per API:
 - round trip: what the client measured;
 - server: first byte of the request in to the last byte of the answer out, inside the app;
 - read inputs: the body read and decoded into a list of strings;
-- predict: the shared prediction path (cache lookup, engine, typing rows);
+- predict: the prediction path requests and jobs share (the cache, then the model service);
+- service: the model service (the engine, then typing the rows);
 - engine: the API's queue and batch (ApiEngine.predict);
 - run: one run of the legacy script (ScriptRunner.run): write input.csv, execute, read
   output.csv; execute is the hand-off to the warm process and back, which includes the
@@ -85,11 +86,13 @@ def wrap(owner: Any, attribute: str, name: str) -> None:
 
 
 def instrument() -> None:
+    from ersilia_pack.runtime import predictor
     from ersilia_pack.runtime.engine import batcher, runners, service
     from ersilia_pack.runtime.http import app, io
 
     wrap(app, "read_inputs", "read inputs")
-    wrap(service.ModelService, "predict", "predict")
+    wrap(predictor.Predictor, "predict", "predict")
+    wrap(service.ModelService, "predict", "service (engine, typed rows)")
     wrap(batcher.ApiEngine, "predict", "engine")
     wrap(runners.ScriptRunner, "run", "run")
     wrap(runners, "write_input_csv", "write input.csv")
