@@ -235,6 +235,19 @@ class _Resume:
         self.handle = handle
         return int(self.state["rows_done"])
 
+    @property
+    def done(self) -> int:
+        """Rows written so far."""
+        return int(self.state["rows_done"])
+
+    def kept(self) -> str:
+        """What a failure's message adds about the rows already written."""
+        return f"; the {self.done} rows done are kept for a rerun" if self.done else ""
+
+    def record_rows(self, writer: _Writer, values: list[str], rows: list[Any], failed: int) -> None:
+        """A chunk's inputs and their rows (None: failed) through ``writer``, recorded."""
+        self.record(writer.rows(values, rows, self.done == 0), len(values), failed)
+
     def record(self, data: bytes, rows: int, failed: int) -> None:
         """Append a chunk's rows, make them durable, then count them as done."""
         assert self.handle is not None
@@ -455,10 +468,6 @@ async def _compute(
     from ersilia_pack.runtime.predictor import Predictor
     from ersilia_pack.runtime.state.sqlite_store import SqliteStore
 
-    # The job is how this command computes, not news to its user: its lines show with -v.
-    jobs_log = logging.getLogger("ersilia_pack.runtime.jobs")
-    if not jobs_log.isEnabledFor(logging.DEBUG):
-        jobs_log.setLevel(logging.WARNING)
     store = SqliteStore(resume.jobs)
     service = ModelService(bundle, settings)
     # Nothing else uses this engine: the job's chunks take every slot, as requests would.
@@ -519,9 +528,8 @@ async def _write_job(
             first = offset + chunk * job.chunk_size
             values = inputs[first : first + len(result.rows)]
             rows = [None if i in result.errors else row for i, row in enumerate(result.rows)]
-            done = int(resume.state["rows_done"])
-            resume.record(writer.rows(values, rows, done == 0), len(rows), len(result.errors))
-            report(meter.progress(int(resume.state["rows_done"]), "computing"))
+            resume.record_rows(writer, values, rows, len(result.errors))
+            report(meter.progress(resume.done, "computing"))
             chunk += 1
             continue
         if stopping:  # every chunk that was in flight is written
@@ -540,8 +548,6 @@ async def _write_job(
 
 def _job_failed(jobs: Any, job: Any, now: Any, bundle: Any, resume: _Resume) -> BatchError:
     """Why the local job stopped (``now``: the job as the store has it now, None if gone)."""
-    done = int(resume.state["rows_done"])
-    kept = f"; the {done} rows done are kept for a rerun" if done else ""
     failed_here = jobs.last_failure
     if failed_here is not None and failed_here[0] == job.id:  # the model no longer answers
         failure = failed_here[1]
@@ -550,7 +556,7 @@ def _job_failed(jobs: Any, job: Any, now: Any, bundle: Any, resume: _Resume) -> 
         why = f"lost its job {job.id} (removed from {resume.jobs.name})"
     else:
         why = f"failed: {now.error or now.state}"
-    return BatchError(f"{job.api} of {bundle.manifest.model_id} {why}{kept}")
+    return BatchError(f"{job.api} of {bundle.manifest.model_id} {why}{resume.kept()}")
 
 
 def _compute_on_dask(
@@ -577,15 +583,11 @@ def _compute_on_dask(
     def record(index: int, computed: ChunkRows) -> None:
         if computed.error is not None:
             status, detail = computed.error
-            done = int(resume.state["rows_done"])
-            kept = f"; the {done} rows done are kept for a rerun" if done else ""
             raise BatchError(
-                f"{api} of {bundle.manifest.model_id} failed ({status}): {detail}{kept}"
+                f"{api} of {bundle.manifest.model_id} failed ({status}): {detail}{resume.kept()}"
             )
-        first = int(resume.state["rows_done"]) == 0
-        chunk = chunks[index]
-        resume.record(writer.rows(chunk, computed.rows, first), len(chunk), computed.failed)
-        report(meter.progress(int(resume.state["rows_done"]), "computing"))
+        resume.record_rows(writer, chunks[index], computed.rows, computed.failed)
+        report(meter.progress(resume.done, "computing"))
 
     compute_on_dask(
         address=address,
@@ -700,15 +702,13 @@ def _download(
     batch: list[dict[str, Any] | None] = []
 
     def flush() -> None:
-        done = int(resume.state["rows_done"])
-        chunk = inputs[done : done + len(batch)]
+        chunk = inputs[resume.done : resume.done + len(batch)]
         cells = [
             [row.get(name) for name in writer.columns] if row is not None else None for row in batch
         ]
-        failed = sum(row is None for row in batch)
-        resume.record(writer.rows(chunk, cells, done == 0), len(batch), failed)
+        resume.record_rows(writer, chunk, cells, sum(row is None for row in batch))
         batch.clear()
-        report(meter.progress(int(resume.state["rows_done"]), "downloading"))
+        report(meter.progress(resume.done, "downloading"))
 
     for row in job.iter_result():
         position += 1

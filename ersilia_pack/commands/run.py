@@ -171,6 +171,8 @@ def run_cli(
         raise click.UsageError("--dask computes a bundle: give --repository_dir, not --url")
     if verbose or quiet:
         setup_logging(verbose, quiet)
+    if not verbose:  # a local run's job is how its rows are computed, not news: shown with -v
+        logging.getLogger("ersilia_pack.runtime.jobs").setLevel(logging.WARNING)
     view = _ProgressView(terminal=sys.stderr.isatty(), quiet=quiet)
     try:
         with _stop_on_signals() as stop:

@@ -52,7 +52,7 @@ from ersilia_pack.runtime.state.store import (
     new_job_id,
 )
 
-# under the runtime's logger; the batch command quiets it (a local job is its means, not news)
+# under the runtime's logger; `ersilia_pack run` shows its lines with -v only
 logger = logging.getLogger("ersilia_pack.runtime.jobs")
 
 POLL_SECONDS = 2.0
