@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ersilia_pack.runtime.engine.service import ModelService, Prediction, output_varies
+from ersilia_pack.runtime.engine.service import ModelService, Prediction
 from ersilia_pack.runtime.settings import ServeSettings
 from ersilia_pack.runtime.state.cache import ResultCache, cache_namespace
 from ersilia_pack.runtime.state.store import Store
@@ -39,7 +39,7 @@ class Predictor:
             store,
             namespace=cache_namespace(bundle.manifest),
             size=settings.cache_size,
-            enabled=not output_varies(bundle),
+            enabled=not bundle.output_varies,
         )
         return cls(service, cache)
 

@@ -153,6 +153,19 @@ class Bundle:
     def card(self) -> dict[str, Any]:
         return dict(self.information.get("card", {}))
 
+    @property
+    def output_varies(self) -> bool:
+        """Whether the card says the output changes between runs on the same input.
+
+        Output Consistency "Variable", or a generative Task: every occurrence of such an input
+        is a draw of its own, never shared with another input or kept in the result cache.
+        """
+        if self.manifest.output_consistency.strip().lower() == "variable":
+            return True
+        task = self.card.get("Task") or ""
+        tasks = task if isinstance(task, list) else [task]
+        return any("generative" in str(item).lower() for item in tasks)
+
 
 def load_bundle(path: Path, *, state_dir: Path | None = None) -> Bundle:
     """Read a bundle folder; a clear ServeError when it is not one."""

@@ -79,19 +79,6 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
-def output_varies(bundle: Bundle) -> bool:
-    """Whether the card says the output changes between runs on the same input.
-
-    Output Consistency "Variable", or a generative Task: every occurrence of such an input is
-    a draw of its own, never shared with another input or kept in the result cache.
-    """
-    if bundle.manifest.output_consistency.strip().lower() == "variable":
-        return True
-    task = bundle.card.get("Task") or ""
-    tasks = task if isinstance(task, list) else [task]
-    return any("generative" in str(item).lower() for item in tasks)
-
-
 def slots_per_api(settings: ServeSettings, api_count: int) -> int:
     """Processes per API: ``--workers`` when given, else the available CPUs shared among the
     APIs, and at least two where there are CPUs for it, so a job never holds the only slot."""
@@ -147,7 +134,7 @@ class ModelService:
         slots = slots_per_api(settings, len(bundle.manifest.apis))
         # One run per input only where the output is Fixed: a draw of a varying model is
         # never handed to another input, or to another request.
-        dedupe = not output_varies(bundle)
+        dedupe = not bundle.output_varies
         self._dedupe = dedupe
         # whether the self-check compares values with the example output, or only its shape
         self._fixed = bundle.manifest.output_consistency.lower() == "fixed"
